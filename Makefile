@@ -1,0 +1,60 @@
+# The README's commands. Each target is safe to re-run: finished steps are skipped.
+#   make smoke   create .venv, install, fetch Fashion-MNIST, run the smoke pipeline, print the report path
+#   make test    run the test suite (what CI runs)
+#   make lint    ruff, snakefmt, snakemake --lint
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := .make
+
+.PHONY: smoke test test-fast lint format install data full clean-results
+
+$(STAMP)/venv: pyproject.toml
+	@mkdir -p $(STAMP)
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+install: $(STAMP)/venv
+
+# Fashion-MNIST for the smoke scale: Debian's package when apt works (no internet needed),
+# otherwise torchvision downloads it into data/ the first time a run needs it.
+$(STAMP)/data:
+	@mkdir -p $(STAMP)
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then echo "Fashion-MNIST: /usr/share/datasets/fashion-mnist"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	else echo "Fashion-MNIST: not installed system-wide; torchvision will download it into data/"; fi
+	@touch $@
+
+data: $(STAMP)/data
+
+smoke: install data
+	$(BIN)/snakemake --cores 2 --config scale=smoke
+	@echo "Report: $(CURDIR)/reports/index.html"
+
+full: install
+	$(BIN)/snakemake --cores 1 --resources gpu=1
+	@echo "Report: $(CURDIR)/reports/index.html"
+
+test: install data
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/snakemake --lint --config scale=smoke
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+	$(BIN)/snakefmt Snakefile workflow/rules
+
+clean-results:
+	rm -rf results reports/index.html reports/summary.csv .snakemake

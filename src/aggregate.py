@@ -1,0 +1,432 @@
+"""Aggregate one study: planned runs -> per-run table -> per-cell statistics and Welch tests.
+
+The run list always comes from the grid (`grid.study_runs`), never from globbing results/: a run
+folder left over from an older grid must not leak into a table. Each planned run gets a status:
+
+  ok          metrics.json says ok and was written for this run's current config
+  diverged    metrics.json says diverged (counted per cell, never averaged)
+  failed      metrics.json says failed (src/record_failure.py: the job exited non-zero), or
+              there is no metrics.json but a train.log or a `.failed` marker (crashed, or still
+              running: a run dir has no other way to tell)
+  missing     the run dir has nothing yet
+  stale       metrics.json was written for another config (its config_hash differs): ignored
+  unreadable  metrics.json is not JSON or lacks a field; `note` names the file and the field
+
+Accuracies stay fractions in [0, 1] here; the report turns them into percent.
+
+    python src/aggregate.py --params params.yaml --study batch_sweep --results results \
+        --out results/batch_sweep [--config scale=smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from io_utils import atomic_write_json, atomic_write_text
+
+STATUSES = ("ok", "diverged", "failed", "missing", "stale", "unreadable")
+# Planned-run columns, taken from the resolved run config (groups/channels_per_group: norm_kw).
+PLAN_COLUMNS = [
+    "study",
+    "run_id",
+    "model",
+    "norm",
+    "groups",
+    "channels_per_group",
+    "batch_size",
+    "lr",
+    "epochs",
+    "seed",
+    "dataset",
+    "config_hash",
+]
+# Copied from metrics.json when present (any may be null, e.g. val_acc when val_size is 0).
+METRIC_FIELDS = [
+    "test_acc",
+    "best_val_acc",
+    "val_acc",
+    "train_loss",
+    "wall_s",
+    "images_per_sec",
+    "epochs_done",
+    "diverged_epoch",
+    "device",
+    "device_name",
+    "torch_version",
+    "cuda_version",
+    "git_rev",
+    "git_dirty",
+    "finished_at",
+]
+# metrics.json fields without which a run cannot be used (trainer contract, DESIGN.md).
+REQUIRED_FIELDS = ("status", "config_hash", "test_acc", "val_acc", "best_val_acc", "wall_s")
+RUN_COLUMNS = [*PLAN_COLUMNS, "status", "test_acc", "test_err", *METRIC_FIELDS[1:], "log_path", "note"]
+INT_COLUMNS = ["groups", "channels_per_group", "batch_size", "epochs", "seed"]
+STAT_METRICS = ("test_acc", "test_err", "val_acc", "best_val_acc")
+STATUS_COUNTS = {f"n_{s}": s for s in ("diverged", "failed", "missing", "stale", "unreadable")}
+
+
+def run_dir(results_root: str | Path, cfg: dict) -> Path:
+    """results/runs/<study>/<run_id> (grid.run_dir is the reference; same layout)."""
+    try:
+        from grid import run_dir as grid_run_dir
+    except ImportError:  # grid.py not importable (tests of this module alone)
+        return Path(results_root) / "runs" / cfg["study"] / cfg["run_id"]
+    return grid_run_dir(results_root, cfg)
+
+
+# ---------------------------------------------------------------------------- per-run table
+
+
+def plan_row(cfg: dict) -> dict:
+    """The planned-run columns of one resolved run config."""
+    norm_kw = cfg.get("norm_kw") or {}
+    return {
+        "study": cfg["study"],
+        "run_id": cfg["run_id"],
+        "model": cfg["model"],
+        "norm": cfg["norm"],
+        "groups": norm_kw.get("groups"),
+        "channels_per_group": norm_kw.get("channels_per_group"),
+        "batch_size": cfg["batch_size"],
+        "lr": cfg["lr"],
+        "epochs": cfg["epochs"],
+        "seed": cfg["seed"],
+        "dataset": (cfg.get("data") or {}).get("name"),
+        "config_hash": cfg.get("config_hash"),
+    }
+
+
+def _failed_log(rdir: Path) -> Path | None:
+    """The log a failed run left: the `.failed` marker's first line (a path) or train.log."""
+    marker = rdir / ".failed"
+    if marker.is_file():
+        first = marker.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+        return Path(first[0]) if first else rdir / "train.log"
+    log = rdir / "train.log"
+    return log if log.is_file() else None
+
+
+def read_run(rdir: Path, planned_hash: str | None) -> dict:
+    """Status, metrics, log path and note of one run dir (never raises on a bad file)."""
+    path = rdir / "metrics.json"
+    if not path.is_file():
+        log = _failed_log(rdir)
+        if log is None:
+            return {"status": "missing", "note": "not run yet"}
+        return {
+            "status": "failed",
+            "log_path": str(log),
+            "note": f"no metrics.json (crashed, or still running): see {log}",
+        }
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return {"status": "unreadable", "note": f"{path}: not valid JSON ({e})"}
+    if not isinstance(m, dict):
+        return {"status": "unreadable", "note": f"{path}: expected a JSON object"}
+    if "config_hash" in m and m["config_hash"] != planned_hash:
+        return {
+            "status": "stale",
+            "note": f"{path}: config_hash {m['config_hash']} != planned {planned_hash} "
+            "(written for an older config; rerun)",
+        }
+    if m.get("status") == "failed":
+        log = m.get("log_path") or _failed_log(rdir)
+        return {
+            "status": "failed",
+            "log_path": None if log is None else str(log),
+            "note": f"exit code {m.get('exit_code')}: see {log}",
+        }
+    absent = [k for k in REQUIRED_FIELDS if k not in m]
+    if absent:
+        return {"status": "unreadable", "note": f"{path}: missing field {', '.join(absent)}"}
+    if m["status"] not in ("ok", "diverged"):
+        return {
+            "status": "unreadable",
+            "note": f"{path}: status {m['status']!r} not one of ok, diverged, failed",
+        }
+    if m["status"] == "ok" and not isinstance(m["test_acc"], int | float):
+        return {"status": "unreadable", "note": f"{path}: status ok but test_acc is {m['test_acc']!r}"}
+    row = {k: m.get(k) for k in METRIC_FIELDS}
+    row["status"] = m["status"]
+    if m["status"] == "diverged":
+        row["note"] = f"diverged at epoch {m.get('diverged_epoch')}"
+    if (rdir / "train.log").is_file():
+        row["log_path"] = str(rdir / "train.log")
+    return row
+
+
+def typed(df: pd.DataFrame) -> pd.DataFrame:
+    """Integer axes as nullable Int64 (groups is null for BN), so 8 stays 8 after a CSV trip."""
+    df = df.copy()
+    for col in INT_COLUMNS:
+        if col in df:
+            df[col] = pd.to_numeric(df[col], errors="coerce").round().astype("Int64")
+    for col in ("lr", *STAT_METRICS, "train_loss", "wall_s", "images_per_sec"):
+        if col in df:
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+    return df
+
+
+def collect_runs(run_cfgs: list[dict], results_root: str | Path) -> pd.DataFrame:
+    """One row per planned run (grid order), with its status and metrics (RUN_COLUMNS)."""
+    rows = []
+    for cfg in run_cfgs:
+        row = plan_row(cfg)
+        row.update(read_run(run_dir(results_root, cfg), cfg.get("config_hash")))
+        rows.append(row)
+    df = typed(pd.DataFrame(rows, columns=RUN_COLUMNS))
+    df["test_err"] = 1.0 - df["test_acc"]
+    # Numbers of a run that is not ok/diverged are never used (stale: another config's).
+    unused = ~df["status"].isin(["ok", "diverged"])
+    df.loc[unused, ["test_acc", "test_err", "val_acc", "best_val_acc"]] = np.nan
+    return df
+
+
+# ---------------------------------------------------------------------------- statistics
+
+
+def mean_ci(values) -> dict:
+    """n, mean, std (ddof=1), 95% CI half-width t(0.975, n-1)*std/sqrt(n), min, max; NaN-safe."""
+    x = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce").dropna(), dtype=float)
+    n = len(x)
+    std = float(np.std(x, ddof=1)) if n >= 2 else math.nan
+    ci = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n >= 2 else math.nan
+    return {
+        "n": n,
+        "mean": float(x.mean()) if n else math.nan,
+        "std": std,
+        "ci95": ci,
+        "min": float(x.min()) if n else math.nan,
+        "max": float(x.max()) if n else math.nan,
+    }
+
+
+def _groups(df: pd.DataFrame, keys: list[str]):
+    """(key dict, block) per distinct value of `keys`, in order of first appearance."""
+    if not keys:
+        yield {}, df
+        return
+    for key, block in df.groupby(keys, sort=False, dropna=False):
+        yield dict(zip(keys, key, strict=True)), block
+
+
+def _present(v) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v)) and v is not pd.NA
+
+
+def cell_label(values: dict, axes: list[str]) -> str:
+    """A readable cell name from its axis values, e.g. 'resnet20/gn/g8/bs4' (nulls skipped)."""
+    prefix = {"batch_size": "bs", "groups": "g", "channels_per_group": "cpg", "epochs": "ep"}
+    parts = []
+    for axis in axes:
+        v = values.get(axis)
+        if not _present(v):
+            continue
+        if axis in ("model", "norm", "dataset"):
+            parts.append(str(v))
+        elif axis == "lr":
+            parts.append(f"lr{float(v):g}")
+        elif axis in prefix:
+            parts.append(f"{prefix[axis]}{int(v)}")
+        else:
+            parts.append(f"{axis}={v}")
+    return "/".join(parts) or "all"
+
+
+def summarize(runs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    """Per cell (every axis except seed): run counts by status and mean/std/CI/min/max of the ok
+    runs for test_acc, test_err, val_acc, best_val_acc. Diverged runs are counted, not averaged."""
+    runs = typed(runs)
+    keys = (["study"] if "study" in runs and "study" not in axes else []) + list(axes)
+    rows = []
+    for key, cell in _groups(runs, keys):
+        status = cell["status"]
+        ok = cell[status == "ok"]
+        row = {**key, "cell": cell_label(key, axes), "n_planned": len(cell), "n": len(ok)}
+        row.update({col: int((status == s).sum()) for col, s in STATUS_COUNTS.items()})
+        for metric in STAT_METRICS:
+            s = mean_ci(ok[metric])
+            row.update({f"{metric}_{k}": v for k, v in s.items() if k != "n"})
+        row["ci_note"] = {0: "no ok runs", 1: "n=1: no CI"}.get(len(ok), "")
+        rows.append(row)
+    columns = [*keys, "cell", "n_planned", "n", *STATUS_COUNTS]
+    columns += [f"{m}_{k}" for m in STAT_METRICS for k in ("mean", "std", "ci95", "min", "max")]
+    return typed(pd.DataFrame(rows, columns=[*columns, "ci_note"]))
+
+
+def welch_tests(
+    runs: pd.DataFrame, axes: list[str], compare: str = "norm", metric: str = "test_acc"
+) -> pd.DataFrame:
+    """Welch t-test (unequal variances) of `metric` between each pair of levels of `compare`,
+    at equal values of the other axes, on the ok runs. NaN with a note when a side has n < 2."""
+    others = [a for a in axes if a != compare]
+    columns = [*others, "cell", "compare", "level_a", "level_b", "metric"]
+    columns += ["n_a", "n_b", "mean_a", "mean_b", "diff", "t", "p", "note"]
+    if compare not in axes:
+        return pd.DataFrame(columns=columns)
+    runs = typed(runs)
+    rows = []
+    for key, block in _groups(runs, others):
+        ok = block[block["status"] == "ok"]
+        levels = list(dict.fromkeys(block[compare]))  # planned levels, even those without runs
+        for a, b in itertools.combinations(levels, 2):
+            xa = ok.loc[ok[compare] == a, metric].dropna().to_numpy(float)
+            xb = ok.loc[ok[compare] == b, metric].dropna().to_numpy(float)
+            row = {**key, "cell": cell_label(key, others), "compare": compare}
+            row.update({"level_a": a, "level_b": b, "metric": metric, "n_a": len(xa)})
+            row.update({"n_b": len(xb), "t": math.nan, "p": math.nan, "note": ""})
+            row["mean_a"] = xa.mean() if len(xa) else math.nan
+            row["mean_b"] = xb.mean() if len(xb) else math.nan
+            row["diff"] = row["mean_a"] - row["mean_b"]
+            if len(xa) < 2 or len(xb) < 2:
+                row["note"] = f"n<2 ({a}: {len(xa)}, {b}: {len(xb)}): no test"
+            elif np.var(xa) == 0 and np.var(xb) == 0:
+                row["note"] = "both sides have zero variance: no test"
+            else:
+                res = stats.ttest_ind(xa, xb, equal_var=False)
+                row["t"], row["p"] = float(res.statistic), float(res.pvalue)
+            rows.append(row)
+    return typed(pd.DataFrame(rows, columns=columns))
+
+
+def history_bands(histories: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
+    """Per (by..., epoch): n, mean and 95% CI band (lo, hi) of `metric` over seeds.
+
+    `histories` is the concatenation of history.tsv files with the run's axis columns added.
+    Where n < 2 the band collapses to the mean."""
+    cols = [*by, "epoch", "n", "mean", "lo", "hi"]
+    if histories.empty or metric not in histories:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for key, block in _groups(histories, [*by, "epoch"]):
+        s = mean_ci(block[metric])
+        half = 0.0 if math.isnan(s["ci95"]) else s["ci95"]
+        lo, hi = s["mean"] - half, s["mean"] + half
+        rows.append({**key, "n": s["n"], "mean": s["mean"], "lo": lo, "hi": hi})
+    return pd.DataFrame(rows, columns=cols).sort_values([*by, "epoch"], kind="stable")
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def _num(v):
+    """A JSON-ready scalar: numpy -> Python, NaN/NA -> None."""
+    if not _present(v):
+        return None
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def summary_json(study: str, runs: pd.DataFrame, summary: pd.DataFrame) -> dict:
+    """DVC-metric-friendly summary: counts and, per cell, test_acc mean / CI / n."""
+    counts = runs["status"].value_counts()
+    out = {"study": study, "n_runs": len(runs)}
+    out.update({f"n_{s}": int(counts.get(s, 0)) for s in STATUSES})
+    out["cells"] = {
+        r["cell"]: {
+            "test_acc_mean": _num(r["test_acc_mean"]),
+            "test_acc_ci95": _num(r["test_acc_ci95"]),
+            "n": int(r["n"]),
+            "n_planned": int(r["n_planned"]),
+            "n_diverged": int(r["n_diverged"]),
+        }
+        for _, r in summary.iterrows()
+    }
+    out["runs"] = "runs.csv"
+    return out
+
+
+def write_csv(path: Path, df: pd.DataFrame) -> None:
+    atomic_write_text(path, df.to_csv(index=False))
+
+
+def write_study(
+    out_dir: str | Path,
+    study: str,
+    runs: pd.DataFrame,
+    summary: pd.DataFrame,
+    welch: pd.DataFrame,
+) -> None:
+    """results/<study>/{runs,summary,welch}.csv and summary.json, each written atomically."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "runs.csv", runs)
+    write_csv(out / "summary.csv", summary)
+    write_csv(out / "welch.csv", welch)
+    atomic_write_json(out / "summary.json", summary_json(study, runs, summary))
+
+
+def aggregate_study(
+    run_cfgs: list[dict], meta: dict, results_root: str | Path
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(runs, summary, welch) of one study, from its planned runs and its meta (axes, compare)."""
+    axes = list(meta.get("axes") or [])
+    runs = collect_runs(run_cfgs, results_root)
+    return (
+        runs,
+        summarize(runs, axes),
+        welch_tests(runs, axes, compare=meta.get("compare") or "norm"),
+    )
+
+
+def status_line(study: str, runs: pd.DataFrame) -> str:
+    """'batch_sweep: 70 planned, 60 ok, 5 diverged, ...' plus one line per failed/bad run."""
+    counts = runs["status"].value_counts()
+    parts = [f"{len(runs)} planned"] + [f"{int(counts.get(s, 0))} {s}" for s in STATUSES]
+    lines = [f"{study}: " + ", ".join(parts)]
+    for _, r in runs[runs["status"] == "failed"].iterrows():
+        lines.append(f"  failed: {r['study']}/{r['run_id']} (log: {r['log_path']})")
+    for _, r in runs[runs["status"].isin(["stale", "unreadable"])].iterrows():
+        lines.append(f"  {r['status']}: {r['study']}/{r['run_id']}: {r['note']}")
+    return "\n".join(lines)
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """['scale=smoke', 'a.b=3'] -> {'scale': 'smoke', 'a.b': 3} (values parsed as YAML)."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--config expects key=value, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import grid
+
+    ap = argparse.ArgumentParser(description="Aggregate one study's runs (see module doc).")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--study", required=True)
+    ap.add_argument("--config", nargs="+", action="extend", metavar="KEY=VALUE")
+    ap.add_argument("--results", default="results", help="results root (holds runs/)")
+    ap.add_argument("--out", help="output folder (default: RESULTS/STUDY)")
+    args = ap.parse_args(argv)
+
+    params = grid.load_params(args.params, parse_overrides(args.config))
+    metas = grid.studies(params)
+    if args.study not in metas:
+        raise SystemExit(f"unknown study {args.study!r}; params.yaml has: {', '.join(metas)}")
+    runs, summary, welch = aggregate_study(
+        grid.study_runs(params, args.study), metas[args.study], args.results
+    )
+    out = Path(args.out or Path(args.results) / args.study)
+    write_study(out, args.study, runs, summary, welch)
+    print(status_line(args.study, runs) + f"\n  -> {out / 'summary.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,398 @@
+"""Expand params.yaml into one resolved config per run: the only code that knows the grid.
+
+Snakemake calls this at parse time (so it must stay fast: no torch import), and aggregation
+uses the same run list, so a stale run folder never leaks into a table.
+
+    params.yaml --load_params--> effective params (validated, smoke preset applied)
+                --expand_runs--> [run config, ...]   (the RUN.json contract of src/train.py)
+                --sync_run_configs--> results/configs/<study>/<run_id>.json (written only on change)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import itertools
+import json
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import catalog  # noqa: E402
+from io_utils import atomic_write_text  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "workflow" / "schemas" / "params.schema.yaml"
+STUDY_KINDS = (
+    "table2",
+    "batch_sweep",
+    "group_sweep",
+    "norm_compare",
+    "nf_grid",
+    "nf_final",
+    "pets",
+    "generic",
+)
+# Keys a study may set to override its recipe, and the run-config key each one lands in.
+RECIPE_KEYS = ("epochs", "lr", "augment", "normalize", "optim")
+
+
+class ParamsError(ValueError):
+    """params.yaml is invalid; the message names the key, the value and what is allowed."""
+
+
+# ---------------------------------------------------------------- loading and validation
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """`["scale=smoke", "data.val_size=0"]` -> nested dict; values parsed as YAML scalars."""
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ParamsError(f"--config: got {item!r}; expected KEY=VALUE (e.g. scale=smoke)")
+        key, value = item.split("=", 1)
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
+def deep_merge(base: dict, top: dict) -> dict:
+    """A new dict: `top` over `base`, recursing into dicts (lists are replaced, not merged)."""
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _format_path(path) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _schema_errors(params: dict) -> list[str]:
+    import jsonschema  # imported here: only needed when validating
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    messages = []
+    for err in sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path)):
+        where = _format_path(err.absolute_path)
+        if err.validator == "additionalProperties":
+            allowed = ", ".join(sorted(err.schema.get("properties", {})))
+            extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+            for key in extra:
+                key_path = f"{where}.{key}" if err.absolute_path else key
+                messages.append(f"{key_path}: unknown key; allowed: {allowed}")
+        elif err.validator == "enum":
+            allowed = ", ".join(map(str, err.validator_value))
+            messages.append(f"{where}: got {err.instance!r}; allowed: {allowed}")
+        elif err.validator == "required":
+            messages.append(f"{where}: {err.message}")
+        else:
+            rule = err.schema.get("description") or f"{err.validator} {err.validator_value!r}"
+            messages.append(f"{where}: got {err.instance!r}; allowed: {rule}")
+    return messages
+
+
+def validate_params(params: dict) -> None:
+    """Structure from the JSON schema, then names, groups and grid sizes (needs the catalog)."""
+    messages = _schema_errors(params)
+    if messages:
+        raise ParamsError("params.yaml is invalid:\n  " + "\n  ".join(messages))
+    for name, study in params["studies"].items():
+        if study["recipe"] not in params["recipes"]:
+            raise ParamsError(
+                f"studies.{name}.recipe: got {study['recipe']!r}; "
+                f"allowed: {', '.join(params['recipes'])}"
+            )
+    smoke_studies = params.get("smoke", {}).get("studies", {})
+    for name in smoke_studies:
+        if name not in params["studies"]:
+            raise ParamsError(
+                f"smoke.studies.{name}: unknown study; allowed: {', '.join(params['studies'])}"
+            )
+    # The smoke trims replace study keys, so the merged studies must be valid studies too.
+    merged = {n: deep_merge(s, smoke_studies.get(n, {})) for n, s in params["studies"].items()}
+    messages = _schema_errors({**params, "studies": merged})
+    if messages:
+        raise ParamsError("params.yaml is invalid (with smoke.studies trims):\n  " + "\n  ".join(messages))
+
+
+def load_params(path: str | Path = REPO / "params.yaml", overrides: dict | None = None) -> dict:
+    """Read, override, validate, and apply the smoke preset: the effective parameters."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: no such file (run from the repository root)") from None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    return resolve_params(deep_merge(raw or {}, overrides or {}))
+
+
+def resolve_params(params: dict) -> dict:
+    """Validate raw params (params.yaml merged with overrides) and expand every study once,
+    so that a bad name or an empty grid is reported before any job starts."""
+    validate_params(params)
+    params = copy.deepcopy(params)
+    expand_runs(params)  # raises ParamsError on names, groups, empty grids, duplicate run ids
+    return params
+
+
+# ---------------------------------------------------------------- expansion
+
+
+def _smoke(params: dict) -> dict:
+    return params.get("smoke", {}) if params.get("scale") == "smoke" else {}
+
+
+def effective_study(params: dict, name: str) -> dict:
+    """The study's own keys with the smoke preset's per-study trims on top (smoke scale)."""
+    study = params["studies"][name]
+    return deep_merge(study, _smoke(params).get("studies", {}).get(name, {}))
+
+
+def studies(params: dict, include_disabled: bool = False) -> dict[str, dict]:
+    """Study name -> display meta, in params.yaml order."""
+    out = {}
+    for name in params["studies"]:
+        s = effective_study(params, name)
+        if not s.get("enabled", True) and not include_disabled:
+            continue
+        axes = ["model", "norm", "groups", "channels_per_group", "batch_size", "lr"]
+        out[name] = {
+            "title": s.get("title", name),
+            "seed_doc": s.get("seed_doc"),
+            "kind": s.get("kind", "generic"),
+            "axes": axes,
+            "compare": "norm",
+            "enabled": s.get("enabled", True),
+        }
+    return out
+
+
+def _scaled_milestones(milestones: list[int], epochs: int, recipe_epochs: int) -> list[int]:
+    """Milestones are written for the recipe's length; a shorter run keeps their positions."""
+    if epochs == recipe_epochs:
+        return list(milestones)
+    return sorted({max(1, round(m * epochs / recipe_epochs)) for m in milestones})
+
+
+def _variants(name: str, study: dict) -> list[dict]:
+    if "variants" in study:
+        return [
+            {
+                "model": v["model"],
+                "norm": v["norm"],
+                "norm_kw": v.get("norm_kw", {}),
+                "model_kw": v.get("model_kw", {}),
+            }
+            for v in study["variants"]
+        ]
+    if "models" not in study or "norms" not in study:
+        raise ParamsError(f"studies.{name}: needs `variants`, or both `models` and `norms`")
+    return [
+        {"model": m, "norm": n, "norm_kw": {}, "model_kw": {}}
+        for m, n in itertools.product(study["models"], study["norms"])
+    ]
+
+
+def run_id(cfg: dict, with_lr: bool) -> str:
+    """A name a person can read: resnet20-gn-g8-bs4-s0, nf_resnet-none-lr0.01-bs64-s1."""
+    parts = [cfg["model"], cfg["norm"]]
+    if "groups" in cfg["norm_kw"]:
+        parts.append(f"g{cfg['norm_kw']['groups']}")
+    if "channels_per_group" in cfg["norm_kw"]:
+        parts.append(f"cpg{cfg['norm_kw']['channels_per_group']}")
+    if with_lr:
+        parts.append(f"lr{cfg['lr']:g}")
+    parts += [f"bs{cfg['batch_size']}", f"s{cfg['seed']}"]
+    return "-".join(parts)
+
+
+def config_hash(cfg: dict) -> str:
+    """sha256 of the canonical JSON of a run config (without its own hash field)."""
+    body = {k: v for k, v in cfg.items() if k != "config_hash"}
+    blob = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _check_names(name: str, variant: dict, extra_norm_kw: dict) -> None:
+    where = f"studies.{name}"
+    try:
+        catalog.check_model(variant["model"])
+        catalog.check_norm(variant["norm"])
+        allowed = catalog.allowed_norms(variant["model"])
+        if variant["norm"] not in allowed:
+            raise ValueError(
+                f"norm {variant['norm']!r} does not apply to model {variant['model']!r}; "
+                f"allowed: {', '.join(allowed)}"
+            )
+        catalog.check_groups(
+            variant["model"], variant["norm"], variant["model_kw"], extra_norm_kw
+        )
+    except (ValueError, TypeError) as err:
+        raise ParamsError(f"{where}: {err}") from None
+
+
+def study_runs(params: dict, name: str) -> list[dict]:
+    """Every resolved run config of one study, in grid order (seed varies fastest)."""
+    study = effective_study(params, name)
+    smoke = _smoke(params)
+    recipe = params["recipes"][study["recipe"]]
+    epochs = study.get("epochs", smoke.get("epochs", recipe["epochs"]))
+    if "epochs" in smoke.get("studies", {}).get(name, {}):
+        epochs = smoke["studies"][name]["epochs"]
+    optim = deep_merge(recipe["optim"], study.get("optim", {}))
+    if optim.get("milestones"):
+        optim["milestones"] = _scaled_milestones(optim["milestones"], epochs, recipe["epochs"])
+    data = deep_merge(deep_merge(params["data"], study.get("data", {})), smoke.get("data", {}))
+    runtime = deep_merge(params.get("runtime", {}), smoke.get("runtime", {}))
+    eval_batch_size = runtime.pop("eval_batch_size", 1000)
+    n_seeds = min(study["n_seeds"], smoke.get("n_seeds", study["n_seeds"]))
+    base_lr = study.get("lr", recipe["lr"])
+    lrs = study.get("lrs", [base_lr])
+    scaling = study.get("lr_scaling")
+    norm_kws = study.get("norm_kw", [{}])
+    variants = _variants(name, study)
+
+    runs = []
+    for variant, extra_kw, batch_size, lr, seed in itertools.product(
+        variants, norm_kws, study["batch_sizes"], lrs, range(n_seeds)
+    ):
+        norm_kw = {**variant["norm_kw"], **extra_kw}
+        _check_names(name, variant, norm_kw)
+        model_kw = {**smoke.get("model_kw", {}).get(variant["model"], {}), **variant["model_kw"]}
+        if scaling:
+            lr = lr * batch_size / scaling["base_batch"]
+        cfg = {
+            "study": name,
+            "run_id": "",
+            "model": variant["model"],
+            "model_kw": model_kw,
+            "norm": variant["norm"],
+            "norm_kw": norm_kw,
+            "batch_size": batch_size,
+            "seed": seed,
+            "lr": lr,
+            "epochs": epochs,
+            "eval_batch_size": eval_batch_size,
+            "optim": optim,
+            "augment": study.get("augment", recipe["augment"]),
+            "normalize": study.get("normalize", recipe["normalize"]),
+            "data": data,
+            "runtime": runtime,
+        }
+        cfg["run_id"] = run_id(cfg, with_lr="lrs" in study)
+        cfg["config_hash"] = config_hash(cfg)
+        runs.append(copy.deepcopy(cfg))
+
+    if not runs:
+        raise ParamsError(f"studies.{name}: the grid is empty (an axis has no values)")
+    ids = [r["run_id"] for r in runs]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise ParamsError(
+            f"studies.{name}: run ids repeat ({', '.join(dupes[:3])}): two variants differ only "
+            "in model_kw; split them into two studies"
+        )
+    return runs
+
+
+def expand_runs(params: dict) -> list[dict]:
+    """Every run of every enabled study."""
+    return [run for name in studies(params) for run in study_runs(params, name)]
+
+
+# ---------------------------------------------------------------- files on disk
+
+
+def run_dir(results_root: str | Path, cfg: dict) -> Path:
+    return Path(results_root) / "runs" / cfg["study"] / cfg["run_id"]
+
+
+def config_path(results_root: str | Path, cfg: dict) -> Path:
+    return Path(results_root) / "configs" / cfg["study"] / f"{cfg['run_id']}.json"
+
+
+def _finished_hash(metrics_path: Path) -> str | None:
+    """config_hash of a run that finished (ok or diverged); None if not finished or unreadable."""
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(metrics, dict) or metrics.get("status") not in ("ok", "diverged"):
+        return None
+    return metrics.get("config_hash")
+
+
+def sync_run_configs(runs: list[dict], results_root: str | Path = "results") -> list[Path]:
+    """Write each run's config only when its content changed, then make Snakemake's mtime rule
+    agree with the content: a run whose metrics.json finished under this config hash is done
+    (config made no newer than its metrics), any other existing metrics.json is out of date
+    (config made newer). Correct in a fresh clone or DVC workspace with no .snakemake/ metadata.
+    Returns the config paths, in run order."""
+    paths = []
+    for cfg in runs:
+        path = config_path(results_root, cfg)
+        text = json.dumps(cfg, indent=2, sort_keys=True) + "\n"
+        try:
+            unchanged = path.read_text() == text
+        except OSError:
+            unchanged = False
+        if not unchanged:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, text)
+        metrics = run_dir(results_root, cfg) / "metrics.json"
+        if metrics.exists():
+            m_time = metrics.stat().st_mtime
+            c_time = path.stat().st_mtime
+            if _finished_hash(metrics) == cfg["config_hash"]:
+                if c_time > m_time:
+                    os.utime(path, (m_time - 1, m_time - 1))
+            elif c_time <= m_time:
+                os.utime(path, (m_time + 1, m_time + 1))
+        paths.append(path)
+    return paths
+
+
+# ---------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="List the runs params.yaml expands to.")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--config", nargs="*", default=[], help="overrides, e.g. scale=smoke")
+    ap.add_argument("--study", help="only this study")
+    ap.add_argument("--count", action="store_true", help="print counts per study")
+    args = ap.parse_args(argv)
+    try:
+        params = load_params(args.params, parse_overrides(args.config))
+    except ParamsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    names = [args.study] if args.study else list(studies(params))
+    for name in names:
+        runs = study_runs(params, name)
+        if args.count:
+            print(f"{name}\t{len(runs)}")
+        else:
+            for r in runs:
+                print(f"{name}/{r['run_id']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

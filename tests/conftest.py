@@ -1,0 +1,7 @@
+"""Shared test setup: put src/ on the import path, as train.py's callers do."""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))

@@ -1,0 +1,33 @@
+# Parse time: validate params (schema + catalog), expand the grid, sync the run configs.
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+import grid  # noqa: E402
+
+try:
+    # `config` is params.yaml with any --config overrides on top (e.g. scale=smoke).
+    PARAMS = grid.resolve_params(config)
+except grid.ParamsError as err:
+    raise WorkflowError(str(err)) from None
+
+RESULTS = "results"
+STUDIES = list(grid.studies(PARAMS))
+RUNS = {name: grid.study_runs(PARAMS, name) for name in STUDIES}
+# Each run's resolved config is an input of its train job, rewritten only when its content
+# changes: editing one value reruns exactly the runs it touches, with or without .snakemake/.
+grid.sync_run_configs([r for runs in RUNS.values() for r in runs], RESULTS)
+SCALE = PARAMS["scale"]
+REPORT = "reports/index.html"
+
+
+def run_metrics(study):
+    return [f"{RESULTS}/runs/{study}/{r['run_id']}/metrics.json" for r in RUNS[study]]
+
+
+def run_configs(study):
+    return [f"{RESULTS}/configs/{study}/{r['run_id']}.json" for r in RUNS[study]]
+
+
+def summaries():
+    return [f"{RESULTS}/summaries/{s}/summary.json" for s in STUDIES]
