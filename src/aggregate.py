@@ -15,7 +15,10 @@ folder left over from an older grid must not leak into a table. Each planned run
 Accuracies stay fractions in [0, 1] here; the report turns them into percent.
 
     python src/aggregate.py --params params.yaml --study batch_sweep --results results \
-        --out results/batch_sweep [--config scale=smoke]
+        [--out results/summaries/batch_sweep] [--config scale=smoke] \
+        [--metrics results/metrics/batch_sweep.json] [--curves results/curves/batch_sweep.tsv]
+
+Writes OUT/{runs,summary,welch}.csv, OUT/history.tsv (the ok runs' epochs) and OUT/summary.json.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+import grid
 from io_utils import atomic_write_json, atomic_write_text
 
 STATUSES = ("ok", "diverged", "failed", "missing", "stale", "unreadable")
@@ -69,19 +73,20 @@ METRIC_FIELDS = [
 ]
 # metrics.json fields without which a run cannot be used (trainer contract, DESIGN.md).
 REQUIRED_FIELDS = ("status", "config_hash", "test_acc", "val_acc", "best_val_acc", "wall_s")
-RUN_COLUMNS = [*PLAN_COLUMNS, "status", "test_acc", "test_err", *METRIC_FIELDS[1:], "log_path", "note"]
+RUN_COLUMNS = [
+    *PLAN_COLUMNS,
+    "status",
+    "test_acc",
+    "test_err",
+    *(f for f in METRIC_FIELDS if f != "test_acc"),
+    "log_path",
+    "note",
+]
+# Axes that are part of a compared level's identity: GN with G = 8 is the level "gn/g8".
+LEVEL_AXES = {"norm": ["norm", "groups", "channels_per_group"]}
 INT_COLUMNS = ["groups", "channels_per_group", "batch_size", "epochs", "seed"]
 STAT_METRICS = ("test_acc", "test_err", "val_acc", "best_val_acc")
 STATUS_COUNTS = {f"n_{s}": s for s in ("diverged", "failed", "missing", "stale", "unreadable")}
-
-
-def run_dir(results_root: str | Path, cfg: dict) -> Path:
-    """results/runs/<study>/<run_id> (grid.run_dir is the reference; same layout)."""
-    try:
-        from grid import run_dir as grid_run_dir
-    except ImportError:  # grid.py not importable (tests of this module alone)
-        return Path(results_root) / "runs" / cfg["study"] / cfg["run_id"]
-    return grid_run_dir(results_root, cfg)
 
 
 # ---------------------------------------------------------------------------- per-run table
@@ -156,7 +161,10 @@ def read_run(rdir: Path, planned_hash: str | None) -> dict:
             "note": f"{path}: status {m['status']!r} not one of ok, diverged, failed",
         }
     if m["status"] == "ok" and not isinstance(m["test_acc"], int | float):
-        return {"status": "unreadable", "note": f"{path}: status ok but test_acc is {m['test_acc']!r}"}
+        return {
+            "status": "unreadable",
+            "note": f"{path}: status ok but test_acc is {m['test_acc']!r}",
+        }
     row = {k: m.get(k) for k in METRIC_FIELDS}
     row["status"] = m["status"]
     if m["status"] == "diverged":
@@ -167,7 +175,8 @@ def read_run(rdir: Path, planned_hash: str | None) -> dict:
 
 
 def typed(df: pd.DataFrame) -> pd.DataFrame:
-    """Integer axes as nullable Int64 (groups is null for BN), so 8 stays 8 after a CSV trip."""
+    """Integer axes as nullable Int64 (groups is null for BN), so 8 stays 8 after a CSV trip;
+    metrics as floats; test_err = 1 - test_acc (its only definition)."""
     df = df.copy()
     for col in INT_COLUMNS:
         if col in df:
@@ -175,6 +184,8 @@ def typed(df: pd.DataFrame) -> pd.DataFrame:
     for col in ("lr", *STAT_METRICS, "train_loss", "wall_s", "images_per_sec"):
         if col in df:
             df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+    if "test_acc" in df:
+        df["test_err"] = 1.0 - df["test_acc"]
     return df
 
 
@@ -183,10 +194,9 @@ def collect_runs(run_cfgs: list[dict], results_root: str | Path) -> pd.DataFrame
     rows = []
     for cfg in run_cfgs:
         row = plan_row(cfg)
-        row.update(read_run(run_dir(results_root, cfg), cfg.get("config_hash")))
+        row.update(read_run(grid.run_dir(results_root, cfg), cfg.get("config_hash")))
         rows.append(row)
     df = typed(pd.DataFrame(rows, columns=RUN_COLUMNS))
-    df["test_err"] = 1.0 - df["test_acc"]
     # Numbers of a run that is not ok/diverged are never used (stale: another config's).
     unused = ~df["status"].isin(["ok", "diverged"])
     df.loc[unused, ["test_acc", "test_err", "val_acc", "best_val_acc"]] = np.nan
@@ -221,17 +231,13 @@ def _groups(df: pd.DataFrame, keys: list[str]):
         yield dict(zip(keys, key, strict=True)), block
 
 
-def _present(v) -> bool:
-    return v is not None and not (isinstance(v, float) and math.isnan(v)) and v is not pd.NA
-
-
 def cell_label(values: dict, axes: list[str]) -> str:
     """A readable cell name from its axis values, e.g. 'resnet20/gn/g8/bs4' (nulls skipped)."""
     prefix = {"batch_size": "bs", "groups": "g", "channels_per_group": "cpg", "epochs": "ep"}
     parts = []
     for axis in axes:
         v = values.get(axis)
-        if not _present(v):
+        if pd.isna(v):
             continue
         if axis in ("model", "norm", "dataset"):
             parts.append(str(v))
@@ -269,20 +275,24 @@ def welch_tests(
     runs: pd.DataFrame, axes: list[str], compare: str = "norm", metric: str = "test_acc"
 ) -> pd.DataFrame:
     """Welch t-test (unequal variances) of `metric` between each pair of levels of `compare`,
-    at equal values of the other axes, on the ok runs. NaN with a note when a side has n < 2."""
-    others = [a for a in axes if a != compare]
+    at equal values of the other axes, on the ok runs. NaN with a note when a side has n < 2.
+
+    A level of "norm" includes its groups / channels_per_group (LEVEL_AXES): "gn/g8" vs "bn"."""
+    level_axes = [a for a in LEVEL_AXES.get(compare, [compare]) if a in axes]
+    others = [a for a in axes if a not in level_axes]
     columns = [*others, "cell", "compare", "level_a", "level_b", "metric"]
     columns += ["n_a", "n_b", "mean_a", "mean_b", "diff", "t", "p", "note"]
-    if compare not in axes:
+    if compare not in axes or runs.empty:
         return pd.DataFrame(columns=columns)
     runs = typed(runs)
+    runs["level"] = [cell_label(r, level_axes) for r in runs[level_axes].to_dict("records")]
     rows = []
     for key, block in _groups(runs, others):
         ok = block[block["status"] == "ok"]
-        levels = list(dict.fromkeys(block[compare]))  # planned levels, even those without runs
+        levels = list(dict.fromkeys(block["level"]))  # planned levels, even those without runs
         for a, b in itertools.combinations(levels, 2):
-            xa = ok.loc[ok[compare] == a, metric].dropna().to_numpy(float)
-            xb = ok.loc[ok[compare] == b, metric].dropna().to_numpy(float)
+            xa = ok.loc[ok["level"] == a, metric].dropna().to_numpy(float)
+            xb = ok.loc[ok["level"] == b, metric].dropna().to_numpy(float)
             row = {**key, "cell": cell_label(key, others), "compare": compare}
             row.update({"level_a": a, "level_b": b, "metric": metric, "n_a": len(xa)})
             row.update({"n_b": len(xb), "t": math.nan, "p": math.nan, "note": ""})
@@ -322,7 +332,7 @@ def history_bands(histories: pd.DataFrame, by: list[str], metric: str) -> pd.Dat
 
 def _num(v):
     """A JSON-ready scalar: numpy -> Python, NaN/NA -> None."""
-    if not _present(v):
+    if pd.isna(v):
         return None
     return v.item() if isinstance(v, np.generic) else v
 
@@ -346,44 +356,77 @@ def summary_json(study: str, runs: pd.DataFrame, summary: pd.DataFrame) -> dict:
     return out
 
 
-def write_csv(path: Path, df: pd.DataFrame) -> None:
-    atomic_write_text(path, df.to_csv(index=False))
+def collect_histories(runs: pd.DataFrame, results_root: str | Path) -> pd.DataFrame:
+    """history.tsv of every ok run, with the run's plan columns added (one row per epoch)."""
+    frames = []
+    for r in runs[runs["status"] == "ok"].to_dict("records"):
+        try:
+            h = pd.read_csv(grid.run_dir(results_root, r) / "history.tsv", sep="\t")
+        except (OSError, ValueError):
+            continue  # the run's table cell still shows; only its curve is absent
+        frames.append(h.assign(**{col: r[col] for col in PLAN_COLUMNS}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PLAN_COLUMNS)
 
 
-def write_study(
-    out_dir: str | Path,
-    study: str,
-    runs: pd.DataFrame,
-    summary: pd.DataFrame,
-    welch: pd.DataFrame,
-) -> None:
-    """results/<study>/{runs,summary,welch}.csv and summary.json, each written atomically."""
+# File of each table in a study's aggregate folder (results/summaries/<study>/).
+TABLE_FILES = {
+    "runs": "runs.csv",
+    "summary": "summary.csv",
+    "welch": "welch.csv",
+    "history": "history.tsv",
+}
+
+
+def summary_dir(results_root: str | Path, study: str) -> Path:
+    """Where a study's aggregate lives by default (the Snakefile passes the same --out)."""
+    return Path(results_root) / "summaries" / study
+
+
+def study_tables(runs: pd.DataFrame, meta: dict, history: pd.DataFrame | None = None) -> dict:
+    """{"runs", "summary", "welch", "history"} of one study from its per-run table and its meta
+    (axes: what defines a cell; compare: the axis whose levels Welch tests compare)."""
+    axes = list(meta.get("axes") or [])
+    runs = typed(runs)
+    return {
+        "runs": runs,
+        "summary": summarize(runs, axes),
+        "welch": welch_tests(runs, axes, compare=meta.get("compare") or "norm"),
+        "history": history if history is not None else pd.DataFrame(columns=PLAN_COLUMNS),
+    }
+
+
+def aggregate_study(run_cfgs: list[dict], meta: dict, results_root: str | Path) -> dict:
+    """study_tables of one study's planned runs, read from their run folders."""
+    runs = collect_runs(run_cfgs, results_root)
+    return study_tables(runs, meta, collect_histories(runs, results_root))
+
+
+def write_study(out_dir: str | Path, study: str, tables: dict) -> None:
+    """TABLE_FILES and summary.json into out_dir, each written atomically."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "runs.csv", runs)
-    write_csv(out / "summary.csv", summary)
-    write_csv(out / "welch.csv", welch)
-    atomic_write_json(out / "summary.json", summary_json(study, runs, summary))
+    for name, file in TABLE_FILES.items():
+        sep = "\t" if file.endswith(".tsv") else ","
+        atomic_write_text(out / file, tables[name].to_csv(index=False, sep=sep))
+    atomic_write_json(out / "summary.json", summary_json(study, tables["runs"], tables["summary"]))
 
 
-def aggregate_study(
-    run_cfgs: list[dict], meta: dict, results_root: str | Path
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(runs, summary, welch) of one study, from its planned runs and its meta (axes, compare)."""
-    axes = list(meta.get("axes") or [])
-    runs = collect_runs(run_cfgs, results_root)
-    return (
-        runs,
-        summarize(runs, axes),
-        welch_tests(runs, axes, compare=meta.get("compare") or "norm"),
-    )
+def read_study(folder: str | Path) -> dict | None:
+    """The tables write_study wrote, or None if any file is absent."""
+    paths = {name: Path(folder) / file for name, file in TABLE_FILES.items()}
+    if not all(p.is_file() for p in paths.values()):
+        return None
+    return {
+        name: typed(pd.read_csv(p, sep="\t" if p.suffix == ".tsv" else ","))
+        for name, p in paths.items()
+    }
 
 
-def status_line(study: str, runs: pd.DataFrame) -> str:
-    """'batch_sweep: 70 planned, 60 ok, 5 diverged, ...' plus one line per failed/bad run."""
+def status_line(study: str, runs: pd.DataFrame, out: Path) -> str:
+    """'batch_sweep: 70 planned, 60 ok, 5 diverged, ... -> OUT' plus a line per failed/bad run."""
     counts = runs["status"].value_counts()
     parts = [f"{len(runs)} planned"] + [f"{int(counts.get(s, 0))} {s}" for s in STATUSES]
-    lines = [f"{study}: " + ", ".join(parts)]
+    lines = [f"{study}: " + ", ".join(parts) + f" -> {out}"]
     for _, r in runs[runs["status"] == "failed"].iterrows():
         lines.append(f"  failed: {r['study']}/{r['run_id']} (log: {r['log_path']})")
     for _, r in runs[runs["status"].isin(["stale", "unreadable"])].iterrows():
@@ -391,40 +434,45 @@ def status_line(study: str, runs: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def parse_overrides(items: list[str] | None) -> dict:
-    """['scale=smoke', 'a.b=3'] -> {'scale': 'smoke', 'a.b': 3} (values parsed as YAML)."""
-    import yaml
-
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--config expects key=value, got {item!r}")
-        out[key] = yaml.safe_load(value)
-    return out
+def cli_params(ap: argparse.ArgumentParser, argv: list[str] | None):
+    """Adds the options aggregate and report share, parses argv, loads the effective params."""
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument(
+        "--config",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="params.yaml overrides, e.g. scale=smoke",
+    )
+    ap.add_argument("--results", default="results", help="results root (holds runs/)")
+    args = ap.parse_args(argv)
+    try:
+        return args, grid.load_params(args.params, grid.parse_overrides(args.config))
+    except grid.ParamsError as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
-    import grid
-
     ap = argparse.ArgumentParser(description="Aggregate one study's runs (see module doc).")
-    ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--study", required=True)
-    ap.add_argument("--config", nargs="+", action="extend", metavar="KEY=VALUE")
-    ap.add_argument("--results", default="results", help="results root (holds runs/)")
-    ap.add_argument("--out", help="output folder (default: RESULTS/STUDY)")
-    args = ap.parse_args(argv)
-
-    params = grid.load_params(args.params, parse_overrides(args.config))
+    ap.add_argument("--out", help="output folder (default: RESULTS/summaries/STUDY)")
+    ap.add_argument("--metrics", help="also write summary.json to this file (DVC metrics)")
+    ap.add_argument("--curves", help="also write history.tsv to this file (DVC plots)")
+    args, params = cli_params(ap, argv)
     metas = grid.studies(params)
     if args.study not in metas:
-        raise SystemExit(f"unknown study {args.study!r}; params.yaml has: {', '.join(metas)}")
-    runs, summary, welch = aggregate_study(
-        grid.study_runs(params, args.study), metas[args.study], args.results
-    )
-    out = Path(args.out or Path(args.results) / args.study)
-    write_study(out, args.study, runs, summary, welch)
-    print(status_line(args.study, runs) + f"\n  -> {out / 'summary.csv'}")
+        raise SystemExit(
+            f"error: --study {args.study}: not an enabled study; allowed: {', '.join(metas)}"
+        )
+    tables = aggregate_study(grid.study_runs(params, args.study), metas[args.study], args.results)
+    out = Path(args.out) if args.out else summary_dir(args.results, args.study)
+    write_study(out, args.study, tables)
+    for extra, src in ((args.metrics, "summary.json"), (args.curves, TABLE_FILES["history"])):
+        if extra:
+            Path(extra).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(extra, (out / src).read_text(encoding="utf-8"))
+    print(status_line(args.study, tables["runs"], out))
     return 0
 
 

@@ -38,25 +38,28 @@ def _check_generator(x: torch.Tensor, gen: torch.Generator) -> None:
 def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = CROP_PAD) -> torch.Tensor:
     """Per sample: random H x W window of the zero-padded image, mirrored with probability 1/2.
 
-    One gather does both; x is [B, C, H, W] of any dtype (uint8 is cheapest). The result has
-    channels_last strides (the gather produces [B, H, W, C]).
+    One gather does both (each output pixel reads one flat position of its padded image); x is
+    [B, C, H, W] of any dtype, uint8 being cheapest.
     """
-    b, _, h, w = x.shape
+    b, c, h, w = x.shape
     dev = x.device
-    padded = F.pad(x, (pad, pad, pad, pad)).permute(0, 2, 3, 1)  # [B, H+2p, W+2p, C]
+    padded = F.pad(x, (pad, pad, pad, pad)).reshape(b, c, -1)  # [B, C, (H+2p) * (W+2p)]
     dy = torch.randint(0, 2 * pad + 1, (b, 1), device=dev, generator=gen)
     dx = torch.randint(0, 2 * pad + 1, (b, 1), device=dev, generator=gen)
     mirror = torch.rand(b, 1, device=dev, generator=gen) < 0.5
     cols = torch.arange(w, device=dev)
     cols = torch.where(mirror, w - 1 - cols, cols) + dx  # [B, W] source column of each output
     rows = torch.arange(h, device=dev) + dy  # [B, H]
-    batch = torch.arange(b, device=dev)[:, None, None]
-    return padded[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    flat = rows[:, :, None] * (w + 2 * pad) + cols[:, None, :]  # [B, H, W]
+    flat = flat.view(b, 1, h * w).expand(b, c, h * w)
+    return torch.gather(padded, 2, flat).view(b, c, h, w)
 
 
 def rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
     """Rotate each image of float [B, C, H, W] by its angle (degrees, counter-clockwise) about its
     centre; bilinear, zeros outside the source."""
+    if x.shape[0] == 0:  # affine_grid rejects an empty batch
+        return x.clone()
     rad = degrees.to(x.dtype) * (math.pi / 180.0)
     cos, sin, zero = rad.cos(), rad.sin(), torch.zeros_like(rad)
     # affine_grid maps output coords to input coords; y points down, so this turns content CCW.
@@ -65,19 +68,34 @@ def rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def nf_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def nf_augment(
+    x: torch.Tensor, gen: torch.Generator, rows_only: bool | None = None
+) -> torch.Tensor:
     """Seed 002: each sample independently untouched (40%), + Gaussian noise (20%), rotated up to
-    15 degrees (20%) or mirrored (20%). Float [B, C, H, W] in, same out; masks, no host sync."""
-    b = x.shape[0]
-    dev = x.device
+    15 degrees (20%) or mirrored (20%). Float [B, C, H, W] in, same out.
+
+    rows_only (default: on the CPU) computes each operation on its chosen rows only; otherwise on
+    the whole batch, selected with masks, which avoids a host sync on CUDA.
+    """
+    b, dev = x.shape[0], x.device
     u = torch.rand(b, device=dev, generator=gen)
-    edges = torch.tensor(NF_PROBS, device=dev).cumsum(0)
-    choice = torch.bucketize(u, edges, right=True)[:, None, None, None]  # 0..3 per sample
-    noise = torch.randn(x.shape, device=dev, dtype=x.dtype, generator=gen) * NF_NOISE_STD
     degrees = (torch.rand(b, device=dev, generator=gen) * 2 - 1) * NF_MAX_DEGREES
-    out = torch.where(choice == 1, x + noise, x)
-    out = torch.where(choice == 2, rotate(x, degrees), out)
-    return torch.where(choice == 3, x.flip(3), out)
+    edges = [sum(NF_PROBS[: k + 1]) for k in range(4)]  # Python floats: no host-device copy
+    noisy, rotated, mirrored = ((u >= edges[k]) & (u < edges[k + 1]) for k in range(3))
+    if rows_only if rows_only is not None else dev.type == "cpu":
+        out = x.clone()
+        rows = noisy.nonzero().squeeze(1)
+        noise = torch.randn((len(rows), *x.shape[1:]), device=dev, dtype=x.dtype, generator=gen)
+        out[rows] += noise * NF_NOISE_STD
+        rows = rotated.nonzero().squeeze(1)
+        out[rows] = rotate(x[rows], degrees[rows])
+        rows = mirrored.nonzero().squeeze(1)
+        out[rows] = x[rows].flip(3)
+        return out
+    noise = torch.randn(x.shape, device=dev, dtype=x.dtype, generator=gen) * NF_NOISE_STD
+    out = torch.where(noisy[:, None, None, None], x + noise, x)
+    out = torch.where(rotated[:, None, None, None], rotate(x, degrees), out)
+    return torch.where(mirrored[:, None, None, None], x.flip(3), out)
 
 
 def make_batch_transform(
@@ -108,9 +126,9 @@ def make_batch_transform(
     def transform(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if mode != "none":
             _check_generator(x, generator)
-        if mode == "standard":  # crop and flip the uint8 pixels: black padding, 4x less memory
+        if mode == "standard":  # crop and flip the uint8 pixels: black padding, 4x less data
             x = crop_flip(x, generator)
-        x = x.contiguous(memory_format=memory_format).to(torch.float32)
+        x = x.contiguous(memory_format=memory_format).to(torch.float32, copy=True)
         x = x.mul_(scale).add_(shift)
         if mode == "nf":
             x = nf_augment(x, generator).contiguous(memory_format=memory_format)

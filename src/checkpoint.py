@@ -44,7 +44,9 @@ def load_checkpoint(run_dir: Path, config_hash: str, log: logging.Logger) -> dic
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # truncated, corrupt, or not a checkpoint at all
-            log.warning("%s is unreadable (%s: %s); not resuming from it", path.name, type(e).__name__, e)
+            log.warning(
+                "%s is unreadable (%s: %s); not resuming from it", path.name, type(e).__name__, e
+            )
             continue
         found = state.get("config_hash") if isinstance(state, dict) else None
         if found != config_hash:

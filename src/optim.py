@@ -37,7 +37,8 @@ def drop_epochs(optim_cfg: dict, epochs: int) -> list[int]:
         return sorted(optim_cfg["milestones"])
     if optim_cfg["schedule"] == "evenly":
         n = optim_cfg["n_drops"]
-        return [epochs * k // (n + 1) for k in range(1, n + 1)]  # 100 epochs, 3 drops: 25/50/75
+        # 100 epochs, 3 drops: 25, 50, 75; never at epoch 0 (a short smoke run: 2 epochs -> 1)
+        return [max(1, epochs * k // (n + 1)) for k in range(1, n + 1)]
     return []
 
 
@@ -75,9 +76,8 @@ def clipped_params(model: nn.Module) -> list[nn.Parameter]:
 def _unitwise_norm(x: torch.Tensor) -> torch.Tensor:
     # One norm per output unit (dim 0 of a conv/linear weight, shape [out, 1, ...]);
     # a vector or scalar (gain, bias) is one unit, as in the NFNets reference code.
-    if x.ndim <= 1:
-        return x.norm()
-    return x.norm(dim=tuple(range(1, x.ndim)), keepdim=True)
+    dims = tuple(range(1, x.ndim)) if x.ndim > 1 else None
+    return torch.linalg.vector_norm(x, dim=dims, keepdim=x.ndim > 1)
 
 
 @torch.no_grad()

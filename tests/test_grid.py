@@ -177,13 +177,14 @@ def _copy_repo(tmp_path: Path) -> Path:
 
 def dry_run_jobs(repo: Path, *targets: str, config: str = "scale=full") -> dict[str, int]:
     """Rule name -> number of jobs `snakemake -n` plans."""
-    out = subprocess.run(
-        [SNAKEMAKE, "-n", "--cores", "1", "--config", config, *targets],
+    proc = subprocess.run(
+        [SNAKEMAKE, *targets, "-n", "--cores", "1", "--config", config],
         cwd=repo,
         capture_output=True,
         text=True,
-        check=True,
-    ).stdout
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = proc.stdout
     jobs = {}
     for line in out.splitlines():
         m = re.match(r"^(\w+)\s+(\d+)$", line.strip())

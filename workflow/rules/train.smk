@@ -38,6 +38,8 @@ rule aggregate:
     output:
         summary=f"{RESULTS}/summaries/{{study}}/summary.json",
         table=f"{RESULTS}/summaries/{{study}}/summary.csv",
+        metrics=f"{RESULTS}/metrics/{{study}}.json",
+        curves=f"{RESULTS}/curves/{{study}}.tsv",
     log:
         f"{RESULTS}/summaries/{{study}}/aggregate.log",
     params:
@@ -45,7 +47,8 @@ rule aggregate:
         out=lambda wc: f"{RESULTS}/summaries/{wc.study}",
     shell:
         "{params.py} src/aggregate.py --params params.yaml --config scale={SCALE}"
-        " --study {wildcards.study} --results {RESULTS} --out {params.out} > {log} 2>&1"
+        " --study {wildcards.study} --results {RESULTS} --out {params.out}"
+        " --metrics {output.metrics} --curves {output.curves} > {log} 2>&1"
 
 
 rule train_all:

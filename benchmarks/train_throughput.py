@@ -1,0 +1,178 @@
+"""Training throughput (images/s) on this machine: the compute ceiling, the project's loop and a
+conventional PIL + DataLoader loop, for ResNet-20 with BN and GN, in one process.
+
+    python benchmarks/train_throughput.py [--steps 12] [--warmup 2] [--batch-sizes 8 128]
+        [--norms bn gn] [--model resnet20] [--device auto] [--workers 0] [--threads N]
+
+bare       train.EpochLoop.step on one fixed, already normalized batch: the compute ceiling.
+loop       train.EpochLoop.run_epoch, exactly as src/train.py runs it: uint8 images on the
+           device, batched random crop + flip + normalization, per-step lr and loss bookkeeping.
+reference  a torchvision VisionDataset of PIL images with RandomCrop(32, padding=4),
+           RandomHorizontalFlip, ToTensor, Normalize; DataLoader(shuffle, --workers); NCHW
+           batches moved to the device; the same step. (In-memory synthetic images: CIFAR-10
+           cannot be downloaded here; they have CIFAR's shape, 3 x 32 x 32 uint8.)
+Each timing excludes --warmup steps; on CUDA the model runs as in train.py (channels_last and
+bf16 autocast for bare and loop; the reference keeps NCHW).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from torchvision import transforms
+from torchvision.datasets import VisionDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import data  # noqa: E402
+from augment import make_batch_transform  # noqa: E402
+from models import build_model  # noqa: E402
+from train import EpochLoop, cpu_name  # noqa: E402
+
+
+class PILImages(VisionDataset):
+    """A list of PIL images and labels, transformed per sample as a conventional loader does."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, transform):
+        super().__init__(root=None, transform=transform)
+        from PIL import Image
+
+        self.images = [Image.fromarray(img.permute(1, 2, 0).numpy()) for img in x]
+        self.labels = y.tolist()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.images[i]), self.labels[i]
+
+
+def make_loop(args, norm: str, batch_size: int, splits, device, channels_last: bool) -> EpochLoop:
+    cuda = device.type == "cuda"
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    torch.manual_seed(0)
+    model = build_model(args.model, norm, 10, 3, **({"groups": 8} if norm == "gn" else {}))
+    model = model.to(device, memory_format=memory_format)
+    return EpochLoop(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4),
+        train_set=splits.train,
+        transform=make_batch_transform("standard", "channel", splits, True, memory_format),
+        generator=torch.Generator(device).manual_seed(0),
+        batch_size=batch_size,
+        lr=lambda epoch, step: 0.01,
+        autocast=torch.autocast(device.type, torch.bfloat16, enabled=cuda),
+        check_every=50 if cuda else 1,
+    )
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bare(loop: EpochLoop, args, device) -> float:
+    """Images/s of the step alone, on one fixed batch that is already normalized."""
+    xb, y = loop.train_set.x[: loop.batch_size], loop.train_set.y[: loop.batch_size]
+    x = loop.transform(xb, loop.generator)
+    loop.model.train()
+    for _ in range(args.warmup):
+        loop.step(x, y)
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        loop.step(x, y)
+    sync(device)
+    return args.steps * loop.batch_size / (time.perf_counter() - t0)
+
+
+def project_loop(loop: EpochLoop, args, device) -> float:
+    """Images/s of run_epoch over exactly --steps batches, after a --warmup-batch epoch."""
+    full = loop.train_set
+    b = loop.batch_size
+    loop.train_set = data.TensorSet(full.x[: args.warmup * b], full.y[: args.warmup * b])
+    loop.run_epoch(0)
+    loop.train_set = data.TensorSet(full.x[: args.steps * b], full.y[: args.steps * b])
+    t0 = time.perf_counter()
+    _, _, images, _ = loop.run_epoch(1)  # ends with a host sync (.item())
+    return images / (time.perf_counter() - t0)
+
+
+def reference(loop: EpochLoop, args, splits, device) -> float:
+    """Images/s of the conventional loop: PIL transforms per sample, DataLoader, NCHW."""
+    n = (args.warmup + args.steps) * loop.batch_size
+    mean, std = splits.mean.tolist(), splits.std.tolist()
+    tf = transforms.Compose([
+        transforms.RandomCrop(32, padding=4),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(mean, std),
+    ])  # fmt: skip
+    dataset = PILImages(splits.train.x[:n].cpu(), splits.train.y[:n].cpu(), tf)
+    loader = DataLoader(
+        dataset,
+        batch_size=loop.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=args.workers,
+        pin_memory=device.type == "cuda",
+    )
+    loop.model.train()
+    for i, (x, y) in enumerate(loader):
+        if i == args.warmup:
+            sync(device)
+            t0 = time.perf_counter()
+        loop.step(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+    sync(device)
+    return args.steps * loop.batch_size / (time.perf_counter() - t0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=12, help="timed steps per measurement")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps before each")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 128])
+    ap.add_argument("--norms", nargs="+", default=["bn", "gn"])
+    ap.add_argument("--model", default="resnet20")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--workers", type=int, default=0, help="reference DataLoader workers")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    args = ap.parse_args(argv)
+    if args.steps < 1 or args.warmup < 1:
+        ap.error("--steps and --warmup must be >= 1")
+
+    cuda = args.device != "cpu" and torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        name = torch.cuda.get_device_name(device)
+    else:
+        torch.set_num_threads(args.threads or os.cpu_count() or 1)
+        name = f"{cpu_name()}, {torch.get_num_threads()} threads"
+    n = (args.warmup + args.steps) * max(args.batch_sizes)
+    synthetic = {"name": "synthetic", "train_subset": n, "test_subset": 1, "val_size": 0}
+    splits = data.load_splits(synthetic, device)
+
+    print(f"# {device.type}: {name} | torch {torch.__version__} | {args.model}, 3x32x32 images")
+    print(f"# {args.steps} timed steps after {args.warmup} warm-up steps per cell; "
+          f"reference DataLoader workers: {args.workers}")  # fmt: skip
+    header = ("norm", "batch", "bare img/s", "loop img/s", "ref img/s", "loop/bare", "loop/ref")
+    print("{:<5} {:>5} {:>11} {:>11} {:>11} {:>9} {:>9}".format(*header))
+    for norm in args.norms:
+        for bs in args.batch_sizes:
+            b = bare(make_loop(args, norm, bs, splits, device, cuda), args, device)
+            ours = project_loop(make_loop(args, norm, bs, splits, device, cuda), args, device)
+            ref = reference(make_loop(args, norm, bs, splits, device, False), args, splits, device)
+            row = (norm, bs, b, ours, ref, ours / b, ours / ref)
+            print("{:<5} {:>5} {:>11.0f} {:>11.0f} {:>11.0f} {:>9.2f} {:>9.2f}".format(*row))
+            sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""The norm registry: a norm's name decides its layer and the convolution that goes with it.
+
+    name    norm layer                         convolution
+    bn      BatchNorm2d                        nn.Conv2d
+    gn      GroupNorm(G, C)                    nn.Conv2d
+    ln      GroupNorm(1, C)                    nn.Conv2d
+    in      GroupNorm(C, C)                    nn.Conv2d
+    gn_ws   GroupNorm(G, C)                    StdConv2d (weight standardization, BiT)
+    bn_ws   BatchNorm2d                        StdConv2d
+    none    nn.Identity                        ScaledStdConv2d (normalizer-free ResNets)
+
+G for gn is set by `groups` or `channels_per_group`, else the largest divisor of C that is
+<= 32 (catalog.resolve_groups). Blocks get `layer_factories(name)`: a norm callable
+`norm_layer(num_channels)` and a conv callable `conv_layer(in, out, kernel_size, stride=1,
+padding=0, bias=False)`; they never look at the name.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+from torch import nn
+
+import catalog
+
+# Var(relu(z)) = (1 - 1/pi) / 2 for z ~ N(0, 1), so a scaled-WS conv after a ReLU needs the gain
+# sqrt(2) / sqrt(1 - 1/pi) = 1.71286 to give unit variance again (Brock et al. 2021). NF-ResNets'
+# code uses the constant below, measured by sampling; it is 0.06 % above the analytic value and
+# is the one the seeds and REFERENCES.md quote.
+GAMMA_RELU = 1.7139588594436646
+
+
+class StdConv2d(nn.Conv2d):
+    """Conv2d with weight standardization (Qiao et al. 2019) as BiT's StdConv2d.
+
+    Each output channel's weights are standardized over their fan-in (C_in * kH * kW) with the
+    biased variance: w_hat = (w - mean) / sqrt(var + eps).
+    """
+
+    def __init__(self, *args, eps: float = 1e-10, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eps = eps
+
+    def effective_weight(self) -> torch.Tensor:
+        var, mean = torch.var_mean(self.weight, dim=(1, 2, 3), keepdim=True, unbiased=False)
+        return (self.weight - mean) / torch.sqrt(var + self.eps)  # [out, in/groups, kH, kW]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.effective_weight(), self.bias)
+
+
+class ScaledStdConv2d(StdConv2d):
+    """Scaled weight standardization of NF-ResNets (Brock et al. 2021, arXiv 2101.08692).
+
+    w_hat = gamma * gain * (w - mean) / (std * sqrt(fan_in)), with a learnable per-output-channel
+    gain initialised to 1 and gamma fixed by the activation that feeds the conv (GAMMA_RELU after
+    a ReLU, 1 on the network's input). On an input whose entries are uncorrelated with variance
+    v, each output channel then has variance gamma^2 * v.
+    """
+
+    def __init__(self, *args, gamma: float = GAMMA_RELU, eps: float = 1e-10, **kwargs):
+        super().__init__(*args, eps=eps, **kwargs)
+        self.gamma = gamma
+        self.gain = nn.Parameter(torch.ones(self.out_channels, 1, 1, 1))
+        self.fan_in = self.weight[0].numel()
+
+    def effective_weight(self) -> torch.Tensor:
+        scale = self.gain * (self.gamma / math.sqrt(self.fan_in))  # [out, 1, 1, 1]
+        return super().effective_weight() * scale
+
+
+def _one_value_error(norm: str, layer: str, x: torch.Tensor, per: str) -> ValueError:
+    n, _, h, w = x.shape
+    return ValueError(
+        f"{norm}: {layer} got an input of shape {tuple(x.shape)}: one value per {per} (batch size "
+        f"{n} at {h}x{w}), so no statistics can be computed; use a norm that pools more values "
+        f"(gn or gn_ws with fewer groups, ln), a larger batch (bn) or larger images"
+    )
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """nn.BatchNorm2d that says clearly why it cannot train on one value per channel.
+
+    PyTorch fails only when N * H * W == 1 (batch size 1 on a 1x1 map); a batch of one image
+    with H * W > 1 trains, its statistics then come from that image alone.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, norm: str = "bn"):
+        super().__init__(num_features, eps=eps)
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.numel() == x.shape[1]:  # x: [N, C, H, W] with N * H * W == 1
+            layer = f"batch norm over {self.num_features} channels in training"
+            raise _one_value_error(self.norm, layer, x, "channel")
+        return super().forward(x)
+
+
+class GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm that says clearly why it cannot normalize one value per group.
+
+    PyTorch fails (in training and in evaluation) when C / G * H * W == 1: one channel per group
+    (in, or gn capped to the channel count) on a 1x1 map.
+    """
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, norm: str = "gn"):
+        super().__init__(num_groups, num_channels, eps=eps)
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[2] * x.shape[3] == 1 and self.num_groups == self.num_channels:
+            layer = f"group norm with {self.num_groups} groups over {self.num_channels} channels"
+            raise _one_value_error(self.norm, layer, x, "group")
+        return super().forward(x)
+
+
+# name -> (norm layer kind, conv class): the one place that ties a norm to its conv.
+_LAYERS: dict[str, tuple[str, type[nn.Conv2d]]] = {
+    "bn": ("batch", nn.Conv2d),
+    "gn": ("group", nn.Conv2d),
+    "ln": ("group", nn.Conv2d),
+    "in": ("group", nn.Conv2d),
+    "gn_ws": ("group", StdConv2d),
+    "bn_ws": ("batch", StdConv2d),
+    "none": ("identity", ScaledStdConv2d),
+}
+assert list(_LAYERS) == list(catalog.NORMS), "norms._LAYERS and catalog.NORMS disagree"
+
+
+def make_norm(
+    name: str,
+    num_channels: int,
+    groups: int | None = None,
+    channels_per_group: int | None = None,
+    eps: float = 1e-5,
+) -> nn.Module:
+    """The norm layer `name` over `num_channels` channels (see the module docstring).
+
+    ValueError naming the value and what is allowed for an unknown name, for groups or
+    channels_per_group that do not divide num_channels, or for groups given to a norm without
+    groups.
+    """
+    catalog.check_norm(name)
+    num_groups = catalog.resolve_groups(name, num_channels, groups, channels_per_group)
+    kind = _LAYERS[name][0]
+    if kind == "batch":
+        return BatchNorm2d(num_channels, eps=eps, norm=name)
+    if kind == "group":
+        return GroupNorm(num_groups, num_channels, eps=eps, norm=name)
+    return nn.Identity()
+
+
+def conv_for_norm(name: str):
+    """The conv that goes with norm `name`: callable(in, out, kernel_size, stride=1, padding=0,
+    bias=False, ...) -> nn.Conv2d (plain), StdConv2d (*_ws) or ScaledStdConv2d (none)."""
+    catalog.check_norm(name)
+    return functools.partial(_LAYERS[name][1], bias=False)
+
+
+def layer_factories(name: str, **norm_kw):
+    """(norm_layer(num_channels) -> nn.Module, conv_layer(...) -> nn.Conv2d) for norm `name`.
+
+    norm_kw: groups or channels_per_group (gn, gn_ws); anything else is a ValueError.
+    """
+    catalog.check_norm(name)
+    unknown = sorted(set(norm_kw) - set(catalog.NORM_KW) - {"eps"})
+    if unknown:
+        raise ValueError(
+            f"unknown norm keyword {', '.join(unknown)}; allowed: {', '.join(catalog.NORM_KW)}, eps"
+        )
+    return functools.partial(make_norm, name, **norm_kw), conv_for_norm(name)
+
+
+__all__ = [
+    "GAMMA_RELU",
+    "BatchNorm2d",
+    "GroupNorm",
+    "ScaledStdConv2d",
+    "StdConv2d",
+    "conv_for_norm",
+    "layer_factories",
+    "make_norm",
+]

@@ -1,0 +1,212 @@
+"""The rendered report in a real browser: headless Chromium opens reports/index.html from disk
+(file://), and the test checks that the page logs no console error or exception, that every
+figure has a non-zero size inside the window, and saves a full-page screenshot.
+
+Chromium is driven over the DevTools protocol on a pipe (--remote-debugging-pipe: commands on fd 3,
+replies on fd 4, each a JSON message ended by a NUL byte), so no package is needed. A first page
+with a deliberate console error and a broken image proves the error capture is not vacuous.
+"""
+
+import base64
+import contextlib
+import fcntl
+import json
+import os
+import select
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from test_report import fixture_studies, partial_runs
+
+import report
+
+CHROMIUM = shutil.which("chromium") or (
+    "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
+)
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--remote-debugging-pipe",
+    "--window-size=1366,768",  # a laptop screen
+]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (CI installs it)"),
+]
+# Sizes of every figure and its SVG, and whether the page scrolls sideways.
+PROBE = """JSON.stringify({
+  figures: [...document.querySelectorAll('figure')].map(f => {
+    const r = f.getBoundingClientRect(), s = f.querySelector('svg');
+    const q = s ? s.getBoundingClientRect() : {width: 0, height: 0};
+    return {w: r.width, h: r.height, svg_w: q.width, svg_h: q.height,
+            caption: (f.querySelector('figcaption') || {}).textContent || ''};
+  }),
+  page_w: document.documentElement.scrollWidth, view_w: window.innerWidth,
+  sections: document.querySelectorAll('section.study').length,
+})"""
+
+
+class DevTools:
+    """Minimal Chrome DevTools Protocol client over --remote-debugging-pipe."""
+
+    def __init__(self, user_data_dir: Path):
+        to_child_r, self.to_child = os.pipe()
+        self.from_child, from_child_w = os.pipe()
+        # Move the child's ends well above 4 first, so the dup2 onto 3 and 4 cannot clobber them.
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_child_r, from_child_w)]
+
+        def wire_fds():  # in the child, before exec: fd 3 = commands in, fd 4 = replies out
+            os.dup2(high[0], 3)
+            os.dup2(high[1], 4)
+
+        self.proc = subprocess.Popen(
+            [CHROMIUM, *FLAGS, f"--user-data-dir={user_data_dir}", "about:blank"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=wire_fds,
+            pass_fds=(3, 4),
+        )
+        for fd in (to_child_r, from_child_w, *high):
+            os.close(fd)
+        self.buf, self.next_id, self.events = b"", 0, []
+
+    def _read(self, deadline: float) -> dict:
+        while b"\0" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.from_child], [], [], left)[0]:
+                raise TimeoutError("chromium did not answer in time")
+            chunk = os.read(self.from_child, 1 << 16)
+            if not chunk:
+                raise RuntimeError(f"chromium closed the pipe (exit {self.proc.poll()})")
+            self.buf += chunk
+        msg, self.buf = self.buf.split(b"\0", 1)
+        return json.loads(msg)
+
+    def call(self, method, params=None, session=None, timeout=30.0) -> dict:
+        self.next_id += 1
+        msg = {"id": self.next_id, "method": method, "params": params or {}}
+        if session:
+            msg["sessionId"] = session
+        os.write(self.to_child, json.dumps(msg).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self._read(deadline)
+            if reply.get("id") == self.next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply["result"]
+            self.events.append(reply)
+
+    def wait_for(self, method, timeout=30.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, e in enumerate(self.events):
+                if e.get("method") == method:
+                    return self.events.pop(i)
+            self.events.append(self._read(deadline))
+
+    def errors(self) -> list[str]:
+        """Console errors, uncaught exceptions and browser log errors seen so far."""
+        out = []
+        for e in self.events:
+            m, p = e.get("method"), e.get("params", {})
+            if m == "Runtime.exceptionThrown":
+                out.append(p["exceptionDetails"].get("text", "exception"))
+            elif m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
+                out.append(" ".join(str(a.get("value", a.get("description"))) for a in p["args"]))
+            elif m == "Log.entryAdded" and p["entry"]["level"] == "error":
+                out.append(f"{p['entry'].get('url', '')}: {p['entry']['text']}")
+        return out
+
+    def open(self, url: str) -> str:
+        """A fresh tab on `url`, loaded; returns its session id (events cleared)."""
+        target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})[
+            "sessionId"
+        ]
+        for domain in ("Page", "Runtime", "Log"):
+            self.call(f"{domain}.enable", session=session)
+        self.events.clear()
+        self.call("Page.navigate", {"url": url}, session=session)
+        self.wait_for("Page.loadEventFired")
+        time.sleep(0.2)  # let late console messages arrive
+        return session
+
+    def evaluate(self, expression: str, session: str):
+        res = self.call(
+            "Runtime.evaluate", {"expression": expression, "returnByValue": True}, session
+        )
+        return res["result"]["value"]
+
+    def screenshot(self, session: str) -> bytes:
+        size = self.call("Page.getLayoutMetrics", session=session)["cssContentSize"]
+        clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+        shot = self.call(
+            "Page.captureScreenshot",
+            {"format": "png", "clip": clip, "captureBeyondViewport": True},
+            session,
+            timeout=60,
+        )
+        return base64.b64decode(shot["data"])
+
+    def close(self):
+        with contextlib.suppress(RuntimeError, TimeoutError, OSError):
+            self.call("Browser.close", timeout=5)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.to_child)
+        os.close(self.from_child)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    dt = DevTools(tmp_path_factory.mktemp("chromium-profile"))
+    yield dt
+    dt.close()
+
+
+def test_error_capture_sees_a_broken_page(browser, tmp_path):
+    bad = tmp_path / "bad.html"
+    bad.write_text(
+        '<html><body><img src="nowhere.png"><script>console.error("boom")</script></body></html>'
+    )
+    browser.open(bad.as_uri())
+    errors = browser.errors()
+    assert any("boom" in e for e in errors), errors
+    assert any("nowhere.png" in e or "ERR_FILE_NOT_FOUND" in e for e in errors), errors
+
+
+@pytest.mark.parametrize("grid", ["full", "partial"])
+def test_report_opens_from_disk_without_errors(browser, tmp_path, grid):
+    studies = fixture_studies(partial_runs() if grid == "partial" else None)
+    page = tmp_path / "reports" / "index.html"
+    page.parent.mkdir()
+    page.write_text(report.render(studies, {"scale": "full"}))
+
+    session = browser.open(page.as_uri())
+    probe = json.loads(browser.evaluate(PROBE, session))
+    png = browser.screenshot(session)
+    (tmp_path / f"report-{grid}.png").write_bytes(png)
+
+    assert browser.errors() == []
+    assert probe["sections"] == len(studies)
+    assert probe["figures"], "no figure rendered"
+    for f in probe["figures"]:
+        assert f["w"] > 0 and f["h"] > 0 and f["svg_w"] > 50 and f["svg_h"] > 50, f
+        assert f["svg_w"] <= probe["view_w"], f"figure wider than the window: {f}"
+        assert f["caption"].strip(), f
+    assert probe["page_w"] <= probe["view_w"], "the page scrolls sideways on a laptop screen"
+    assert png.startswith(b"\x89PNG") and len(png) > 50_000
