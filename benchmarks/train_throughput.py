@@ -1,8 +1,9 @@
 """Training throughput (images/s) on this machine: the compute ceiling, the project's loop and a
 conventional PIL + DataLoader loop, for ResNet-20 with BN and GN, in one process.
 
-    python benchmarks/train_throughput.py [--steps 12] [--warmup 2] [--batch-sizes 8 128]
-        [--norms bn gn] [--model resnet20] [--device auto] [--workers 0] [--threads N]
+    python benchmarks/train_throughput.py [--steps 5] [--repeats 3] [--warmup 2]
+        [--batch-sizes 8 128] [--norms bn gn] [--model resnet20] [--device auto] [--workers 0]
+        [--threads N]
 
 bare       train.EpochLoop.step on one fixed, already normalized batch: the compute ceiling.
 loop       train.EpochLoop.run_epoch, exactly as src/train.py runs it: uint8 images on the
@@ -11,8 +12,9 @@ reference  a torchvision VisionDataset of PIL images with RandomCrop(32, padding
            RandomHorizontalFlip, ToTensor, Normalize; DataLoader(shuffle, --workers); NCHW
            batches moved to the device; the same step. (In-memory synthetic images: CIFAR-10
            cannot be downloaded here; they have CIFAR's shape, 3 x 32 x 32 uint8.)
-Each timing excludes --warmup steps; on CUDA the model runs as in train.py (channels_last and
-bf16 autocast for bare and loop; the reference keeps NCHW).
+The three run interleaved, --repeats times, and each reports its best round: on a shared machine
+the best round is the one least disturbed by other work. Warm-up steps are never timed. On CUDA
+the model runs as in train.py (channels_last, bf16 autocast); the reference keeps NCHW.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -76,66 +79,91 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def bare(loop: EpochLoop, args, device) -> float:
-    """Images/s of the step alone, on one fixed batch that is already normalized."""
+def bare(loop: EpochLoop, args, splits, device) -> Callable[[int], None]:
+    """n steps of the step alone, on one fixed batch that is already normalized."""
     xb, y = loop.train_set.x[: loop.batch_size], loop.train_set.y[: loop.batch_size]
     x = loop.transform(xb, loop.generator)
     loop.model.train()
-    for _ in range(args.warmup):
-        loop.step(x, y)
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        loop.step(x, y)
-    sync(device)
-    return args.steps * loop.batch_size / (time.perf_counter() - t0)
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            loop.step(x, y)
+
+    return run
 
 
-def project_loop(loop: EpochLoop, args, device) -> float:
-    """Images/s of run_epoch over exactly --steps batches, after a --warmup-batch epoch."""
+def project_loop(loop: EpochLoop, args, splits, device) -> Callable[[int], None]:
+    """run_epoch over exactly n batches (an epoch of n * batch_size images)."""
     full = loop.train_set
-    b = loop.batch_size
-    loop.train_set = data.TensorSet(full.x[: args.warmup * b], full.y[: args.warmup * b])
-    loop.run_epoch(0)
-    loop.train_set = data.TensorSet(full.x[: args.steps * b], full.y[: args.steps * b])
-    t0 = time.perf_counter()
-    _, _, images, _ = loop.run_epoch(1)  # ends with a host sync (.item())
-    return images / (time.perf_counter() - t0)
+
+    def run(n: int) -> None:
+        loop.train_set = data.TensorSet(
+            full.x[: n * loop.batch_size], full.y[: n * loop.batch_size]
+        )
+        loop.run_epoch(0)
+
+    return run
 
 
-def reference(loop: EpochLoop, args, splits, device) -> float:
-    """Images/s of the conventional loop: PIL transforms per sample, DataLoader, NCHW."""
-    n = (args.warmup + args.steps) * loop.batch_size
-    mean, std = splits.mean.tolist(), splits.std.tolist()
+def reference(loop: EpochLoop, args, splits, device) -> Callable[[int], None]:
+    """n steps of the conventional loop: PIL transforms per sample, DataLoader, NCHW."""
+    n_images = args.steps * loop.batch_size
     tf = transforms.Compose([
         transforms.RandomCrop(32, padding=4),
         transforms.RandomHorizontalFlip(),
         transforms.ToTensor(),
-        transforms.Normalize(mean, std),
+        transforms.Normalize(splits.mean.tolist(), splits.std.tolist()),
     ])  # fmt: skip
-    dataset = PILImages(splits.train.x[:n].cpu(), splits.train.y[:n].cpu(), tf)
+    x, y = splits.train.x[:n_images].cpu(), splits.train.y[:n_images].cpu()
     loader = DataLoader(
-        dataset,
+        PILImages(x, y, tf),
         batch_size=loop.batch_size,
         shuffle=True,
         drop_last=True,
         num_workers=args.workers,
         pin_memory=device.type == "cuda",
+        persistent_workers=args.workers > 0,
     )
     loop.model.train()
-    for i, (x, y) in enumerate(loader):
-        if i == args.warmup:
+
+    def run(n: int) -> None:
+        for i, (xb, yb) in enumerate(loader):
+            if i == n:
+                break
+            loop.step(xb.to(device, non_blocking=True), yb.to(device, non_blocking=True))
+
+    return run
+
+
+VARIANTS = {"bare": bare, "loop": project_loop, "ref": reference}
+
+
+def measure(args, norm: str, batch_size: int, splits, device) -> dict[str, float]:
+    """Best images/s of each variant over --repeats rounds of --steps steps, interleaved."""
+    cuda = device.type == "cuda"
+    runners = {
+        name: make(make_loop(args, norm, batch_size, splits, device, cuda and name != "ref"),
+                   args, splits, device)
+        for name, make in VARIANTS.items()
+    }  # fmt: skip
+    best = dict.fromkeys(runners, 0.0)
+    for run in runners.values():
+        run(args.warmup)
+    for _ in range(args.repeats):
+        for name, run in runners.items():
             sync(device)
             t0 = time.perf_counter()
-        loop.step(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
-    sync(device)
-    return args.steps * loop.batch_size / (time.perf_counter() - t0)
+            run(args.steps)
+            sync(device)
+            best[name] = max(best[name], args.steps * batch_size / (time.perf_counter() - t0))
+    return best
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=12, help="timed steps per measurement")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed steps before each")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps before the first")
+    ap.add_argument("--repeats", type=int, default=3, help="measurements per cell: the best")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 128])
     ap.add_argument("--norms", nargs="+", default=["bn", "gn"])
     ap.add_argument("--model", default="resnet20")
@@ -143,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=0, help="reference DataLoader workers")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     args = ap.parse_args(argv)
-    if args.steps < 1 or args.warmup < 1:
-        ap.error("--steps and --warmup must be >= 1")
+    if min(args.steps, args.warmup, args.repeats) < 1:
+        ap.error("--steps, --warmup and --repeats must be >= 1")
 
     cuda = args.device != "cpu" and torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -154,20 +182,19 @@ def main(argv: list[str] | None = None) -> int:
     else:
         torch.set_num_threads(args.threads or os.cpu_count() or 1)
         name = f"{cpu_name()}, {torch.get_num_threads()} threads"
-    n = (args.warmup + args.steps) * max(args.batch_sizes)
+    n = max(args.warmup, args.steps) * max(args.batch_sizes)
     synthetic = {"name": "synthetic", "train_subset": n, "test_subset": 1, "val_size": 0}
     splits = data.load_splits(synthetic, device)
 
     print(f"# {device.type}: {name} | torch {torch.__version__} | {args.model}, 3x32x32 images")
-    print(f"# {args.steps} timed steps after {args.warmup} warm-up steps per cell; "
-          f"reference DataLoader workers: {args.workers}")  # fmt: skip
+    print(f"# images/s: best of {args.repeats} x {args.steps} steps (after {args.warmup} warm-up "
+          f"steps); reference DataLoader workers: {args.workers}")  # fmt: skip
     header = ("norm", "batch", "bare img/s", "loop img/s", "ref img/s", "loop/bare", "loop/ref")
     print("{:<5} {:>5} {:>11} {:>11} {:>11} {:>9} {:>9}".format(*header))
     for norm in args.norms:
         for bs in args.batch_sizes:
-            b = bare(make_loop(args, norm, bs, splits, device, cuda), args, device)
-            ours = project_loop(make_loop(args, norm, bs, splits, device, cuda), args, device)
-            ref = reference(make_loop(args, norm, bs, splits, device, False), args, splits, device)
+            speed = measure(args, norm, bs, splits, device)
+            b, ours, ref = speed["bare"], speed["loop"], speed["ref"]
             row = (norm, bs, b, ours, ref, ours / b, ours / ref)
             print("{:<5} {:>5} {:>11.0f} {:>11.0f} {:>11.0f} {:>9.2f} {:>9.2f}".format(*row))
             sys.stdout.flush()

@@ -411,15 +411,41 @@ def write_study(out_dir: str | Path, study: str, tables: dict) -> None:
     atomic_write_json(out / "summary.json", summary_json(study, tables["runs"], tables["summary"]))
 
 
+WELCH_COLUMNS = ["cell", "compare", "level_a", "level_b", "metric", "n_a", "n_b", "mean_a"]
+WELCH_COLUMNS += ["mean_b", "diff", "t", "p", "note"]
+# Columns each table must have to be read back; a folder from an older version may lack some.
+TABLE_COLUMNS = {
+    "runs": RUN_COLUMNS,
+    "summary": ["cell", "n_planned", "n", *STATUS_COUNTS]
+    + [f"{m}_{k}" for m in STAT_METRICS for k in ("mean", "std", "ci95", "min", "max")],
+    "welch": WELCH_COLUMNS,
+    "history": PLAN_COLUMNS,
+}
+
+
 def read_study(folder: str | Path) -> dict | None:
-    """The tables write_study wrote, or None if any file is absent."""
+    """The tables write_study wrote, or None if any file is absent. A file that cannot be read
+    or lacks a column (written by an older version) also gives None, with a line on stderr
+    naming it: the caller then aggregates again from the run folders."""
     paths = {name: Path(folder) / file for name, file in TABLE_FILES.items()}
     if not all(p.is_file() for p in paths.values()):
         return None
-    return {
-        name: typed(pd.read_csv(p, sep="\t" if p.suffix == ".tsv" else ","))
-        for name, p in paths.items()
-    }
+    tables = {}
+    for name, p in paths.items():
+        try:
+            df = pd.read_csv(p, sep="\t" if p.suffix == ".tsv" else ",")
+        except (OSError, ValueError) as e:  # ValueError: pandas' parser and decoding errors
+            print(f"{p}: unreadable ({type(e).__name__}: {e}); not used", file=sys.stderr)
+            return None
+        absent = [c for c in TABLE_COLUMNS[name] if c not in df.columns]
+        if absent:
+            print(
+                f"{p}: no column {', '.join(absent)} (an older version's file?); not used",
+                file=sys.stderr,
+            )
+            return None
+        tables[name] = typed(df)
+    return tables
 
 
 def status_line(study: str, runs: pd.DataFrame, out: Path) -> str:
@@ -467,11 +493,16 @@ def main(argv: list[str] | None = None) -> int:
         )
     tables = aggregate_study(grid.study_runs(params, args.study), metas[args.study], args.results)
     out = Path(args.out) if args.out else summary_dir(args.results, args.study)
-    write_study(out, args.study, tables)
-    for extra, src in ((args.metrics, "summary.json"), (args.curves, TABLE_FILES["history"])):
-        if extra:
-            Path(extra).parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(extra, (out / src).read_text(encoding="utf-8"))
+    try:
+        write_study(out, args.study, tables)
+        for extra, src in ((args.metrics, "summary.json"), (args.curves, TABLE_FILES["history"])):
+            if extra:
+                Path(extra).parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(extra, (out / src).read_text(encoding="utf-8"))
+    except OSError as err:  # disk full, read-only: every file keeps its old content
+        raise SystemExit(
+            f"error: cannot write the {args.study} aggregate to {out}: {err}"
+        ) from None
     print(status_line(args.study, tables["runs"], out))
     return 0
 

@@ -21,7 +21,7 @@ PREVIOUS = "checkpoint.prev.pt"
 
 
 def save_checkpoint(run_dir: Path, state: dict) -> None:
-    """Write `state` completely under a temporary name, then rotate: current -> prev, new -> current.
+    """Write `state` whole under a temporary name, then rotate: current -> prev, new -> current.
 
     A kill at any point leaves checkpoint.pt or checkpoint.prev.pt holding a whole, good epoch.
     """

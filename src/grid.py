@@ -127,7 +127,9 @@ def validate_params(params: dict) -> None:
     merged = {n: deep_merge(s, smoke_studies.get(n, {})) for n, s in params["studies"].items()}
     messages = _schema_errors({**params, "studies": merged})
     if messages:
-        raise ParamsError("params.yaml is invalid (with smoke.studies trims):\n  " + "\n  ".join(messages))
+        raise ParamsError(
+            "params.yaml is invalid (with smoke.studies trims):\n  " + "\n  ".join(messages)
+        )
 
 
 def load_params(path: str | Path = REPO / "params.yaml", overrides: dict | None = None) -> dict:
@@ -240,9 +242,7 @@ def _check_names(name: str, variant: dict, extra_norm_kw: dict) -> None:
                 f"norm {variant['norm']!r} does not apply to model {variant['model']!r}; "
                 f"allowed: {', '.join(allowed)}"
             )
-        catalog.check_groups(
-            variant["model"], variant["norm"], variant["model_kw"], extra_norm_kw
-        )
+        catalog.check_groups(variant["model"], variant["norm"], variant["model_kw"], extra_norm_kw)
     except (ValueError, TypeError) as err:
         raise ParamsError(f"{where}: {err}") from None
 
@@ -350,7 +350,7 @@ def sync_run_configs(runs: list[dict], results_root: str | Path = "results") -> 
         text = json.dumps(cfg, indent=2, sort_keys=True) + "\n"
         try:
             unchanged = path.read_text() == text
-        except OSError:
+        except (OSError, ValueError):  # absent, or not text (a damaged file): rewrite it
             unchanged = False
         if not unchanged:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -366,6 +366,13 @@ def sync_run_configs(runs: list[dict], results_root: str | Path = "results") -> 
                 os.utime(path, (m_time + 1, m_time + 1))
         paths.append(path)
     return paths
+
+
+def gpu_visible() -> bool:
+    """Whether this machine shows an NVIDIA GPU, without importing torch (parse time)."""
+    import shutil
+
+    return Path("/dev/nvidia0").exists() or shutil.which("nvidia-smi") is not None
 
 
 # ---------------------------------------------------------------- command line

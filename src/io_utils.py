@@ -65,7 +65,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def json_safe(obj: Any) -> Any:
-    """Replace non-finite floats by None, recursively: JSON has no NaN (strict readers reject it)."""
+    """Non-finite floats -> None, recursively: JSON has no NaN (strict readers reject it)."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):

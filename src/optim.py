@@ -18,7 +18,8 @@ from torch import nn
 
 
 def make_optimizer(model: nn.Module, lr: float, optim_cfg: dict) -> torch.optim.SGD:
-    """SGD with momentum; weight decay skips 1-D params (norm gains/biases, biases) unless wd_on_norm."""
+    """SGD with momentum; no weight decay on 1-D params (norm gains/biases, biases) unless
+    wd_on_norm."""
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:

@@ -32,7 +32,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cfg = read_json(args.config)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     metrics = {
         "status": "failed",
         "exit_code": args.exit_code,
@@ -43,8 +42,15 @@ def main(argv: list[str] | None = None) -> int:
         "config_hash": cfg.get("config_hash"),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    atomic_write_json(out / "metrics.json", metrics)
-    print(f"run {cfg.get('study')}/{cfg.get('run_id')} failed (exit {args.exit_code}); log: {args.log}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "metrics.json", metrics)
+    except OSError as err:  # disk full, read-only: say where; the job then fails visibly
+        print(f"record_failure.py: cannot write {out / 'metrics.json'}: {err}", file=sys.stderr)
+        return 1
+    print(
+        f"run {cfg.get('study')}/{cfg.get('run_id')} failed (exit {args.exit_code}); log: {args.log}"
+    )
     return 0
 
 

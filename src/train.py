@@ -167,7 +167,7 @@ def train(
         model=torch.compile(model) if cuda and runtime["compile"] else model,
         optimizer=optimizer,
         train_set=splits.train,
-        transform=make_batch_transform(aug, norm, splits, True, memory_format=memory_format),
+        transform=make_batch_transform(aug, norm, splits, train=True, memory_format=memory_format),
         generator=gen,
         batch_size=cfg["batch_size"],
         lr=lambda epoch, step: lr_at(opt_cfg, cfg["lr"], cfg["epochs"], epoch, step, steps),

@@ -29,7 +29,8 @@ def test_step_schedule_of_seed_000():
 
 
 @pytest.mark.parametrize(
-    ("epochs", "n_drops", "drops"), [(100, 3, [25, 50, 75]), (100, 2, [33, 66]), (2, 1, [1]), (2, 3, [1, 1, 1])]
+    ("epochs", "n_drops", "drops"),
+    [(100, 3, [25, 50, 75]), (100, 2, [33, 66]), (2, 1, [1]), (2, 3, [1, 1, 1])],
 )
 def test_evenly_divides_by_ten_at_evenly_spaced_epochs(epochs, n_drops, drops):
     cfg = {"schedule": "evenly", "n_drops": n_drops, "factor": 0.1}

@@ -5,6 +5,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 import grid  # noqa: E402
 
+
+include: "locks.smk"  # a killed run's stale lock is cleared when that is safe
+
+
 try:
     # `config` is params.yaml with any --config overrides on top (e.g. scale=smoke).
     PARAMS = grid.resolve_params(config)
@@ -19,6 +23,11 @@ RUNS = {name: grid.study_runs(PARAMS, name) for name in STUDIES}
 grid.sync_run_configs([r for runs in RUNS.values() for r in runs], RESULTS)
 SCALE = PARAMS["scale"]
 REPORT = "reports/index.html"
+DEVICE = config.get("device", "auto")
+# A train job claims the `gpu` resource only where a GPU is visible, so that on a CPU-only
+# machine `--resources gpu=1` does not serialize the grid. The SLURM profile sets gpu=1 itself.
+HAS_GPU = grid.gpu_visible()
+GPU_PER_JOB = 1 if HAS_GPU and DEVICE != "cpu" else 0
 
 
 def run_metrics(study):

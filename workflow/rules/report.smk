@@ -11,6 +11,7 @@ rule report:
         "reports/report.log",
     params:
         py=sys.executable,
+        scale=SCALE,
     shell:
-        "{params.py} src/report.py --params params.yaml --config scale={SCALE}"
-        " --results {RESULTS} --out {output.html} > {log} 2>&1"
+        "{params.py} src/report.py --params params.yaml --config scale={params.scale}"
+        " --out {output.html} > {log} 2>&1"

@@ -1,4 +1,6 @@
 # One job per run of the grid; one aggregation per study.
+# `snakemake --lint` asks for a conda env or container per rule: every rule runs the project's
+# own Python (sys.executable, the .venv made from pyproject.toml), so there is none to name.
 
 
 wildcard_constraints:
@@ -16,13 +18,13 @@ rule train:
         metrics=f"{RESULTS}/runs/{{study}}/{{run}}/metrics.json",
     log:
         f"{RESULTS}/runs/{{study}}/{{run}}/job.log",
+    threads: 1
+    resources:
+        gpu=GPU_PER_JOB,
     params:
         py=sys.executable,
         out=lambda wc: f"{RESULTS}/runs/{wc.study}/{wc.run}",
-        device=config.get("device", "auto"),
-    threads: 1
-    resources:
-        gpu=1,
+        device=DEVICE,
     shell:
         "OMP_NUM_THREADS={threads} {params.py} src/train.py --config {input.config}"
         " --out {params.out} --device {params.device} > {log} 2>&1"
@@ -44,10 +46,11 @@ rule aggregate:
         f"{RESULTS}/summaries/{{study}}/aggregate.log",
     params:
         py=sys.executable,
+        scale=SCALE,
         out=lambda wc: f"{RESULTS}/summaries/{wc.study}",
     shell:
-        "{params.py} src/aggregate.py --params params.yaml --config scale={SCALE}"
-        " --study {wildcards.study} --results {RESULTS} --out {params.out}"
+        "{params.py} src/aggregate.py --params params.yaml --config scale={params.scale}"
+        " --study {wildcards.study} --out {params.out}"
         " --metrics {output.metrics} --curves {output.curves} > {log} 2>&1"
 
 
