@@ -342,7 +342,9 @@ def sync_run_configs(runs: list[dict], results_root: str | Path = "results") -> 
     """Write each run's config only when its content changed, then make Snakemake's mtime rule
     agree with the content: a run whose metrics.json finished under this config hash is done
     (config made no newer than its metrics), any other existing metrics.json is out of date
-    (config made newer). Correct in a fresh clone or DVC workspace with no .snakemake/ metadata.
+    (config made newer), and a run without one is to run (config made newer than anything).
+    Correct in a fresh clone or DVC workspace with no .snakemake/ metadata. Snakemake must decide
+    by times alone (profile: rerun-triggers mtime, max-checksum-file-size 0).
     Returns the config paths, in run order."""
     paths = []
     for cfg in runs:
@@ -364,6 +366,11 @@ def sync_run_configs(runs: list[dict], results_root: str | Path = "results") -> 
                     os.utime(path, (m_time - 1, m_time - 1))
             elif c_time <= m_time:
                 os.utime(path, (m_time + 1, m_time + 1))
+        else:
+            # Not run, cut off, or its metrics.json deleted by hand: Snakemake 9 reruns a job
+            # whose output is missing only if a job downstream must run, so make the config newer
+            # than the study's summaries (this run's train job is then out of date by its input).
+            os.utime(path)
         paths.append(path)
     return paths
 
