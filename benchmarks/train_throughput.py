@@ -2,14 +2,15 @@
 conventional PIL + DataLoader loop, for ResNet-20 with BN and GN, in one process.
 
     python benchmarks/train_throughput.py [--steps 5] [--repeats 3] [--warmup 2]
-        [--batch-sizes 8 128] [--norms bn gn] [--model resnet20] [--device auto] [--workers 0]
+        [--batch-sizes 8 128] [--norms bn gn] [--model resnet20] [--device auto] [--workers 0 2]
         [--threads N]
 
 bare       train.EpochLoop.step on one fixed, already normalized batch: the compute ceiling.
 loop       train.EpochLoop.run_epoch, exactly as src/train.py runs it: uint8 images on the
            device, batched random crop + flip + normalization, per-step lr and loss bookkeeping.
 reference  a torchvision VisionDataset of PIL images with RandomCrop(32, padding=4),
-           RandomHorizontalFlip, ToTensor, Normalize; DataLoader(shuffle, --workers); NCHW
+           RandomHorizontalFlip, ToTensor, Normalize; DataLoader(shuffle, --workers: one
+           column per worker count); NCHW
            batches moved to the device; the same step. (In-memory synthetic images: CIFAR-10
            cannot be downloaded here; they have CIFAR's shape, 3 x 32 x 32 uint8.)
 The three run interleaved, --repeats times, and each reports its best round: on a shared machine
@@ -105,7 +106,7 @@ def project_loop(loop: EpochLoop, args, splits, device) -> Callable[[int], None]
     return run
 
 
-def reference(loop: EpochLoop, args, splits, device) -> Callable[[int], None]:
+def reference(loop: EpochLoop, args, splits, device, workers: int) -> Callable[[int], None]:
     """n steps of the conventional loop: PIL transforms per sample, DataLoader, NCHW."""
     n_images = args.steps * loop.batch_size
     tf = transforms.Compose([
@@ -120,9 +121,9 @@ def reference(loop: EpochLoop, args, splits, device) -> Callable[[int], None]:
         batch_size=loop.batch_size,
         shuffle=True,
         drop_last=True,
-        num_workers=args.workers,
+        num_workers=workers,
         pin_memory=device.type == "cuda",
-        persistent_workers=args.workers > 0,
+        persistent_workers=workers > 0,
     )
     loop.model.train()
 
@@ -135,16 +136,21 @@ def reference(loop: EpochLoop, args, splits, device) -> Callable[[int], None]:
     return run
 
 
-VARIANTS = {"bare": bare, "loop": project_loop, "ref": reference}
+def variants(args) -> dict[str, Callable]:
+    """name -> runner factory; one conventional reference per DataLoader worker count."""
+    refs = {
+        f"ref w{w}": (lambda loop, a, s, d, w=w: reference(loop, a, s, d, w)) for w in args.workers
+    }
+    return {"bare": bare, "loop": project_loop, **refs}
 
 
 def measure(args, norm: str, batch_size: int, splits, device) -> dict[str, float]:
     """Best images/s of each variant over --repeats rounds of --steps steps, interleaved."""
     cuda = device.type == "cuda"
     runners = {
-        name: make(make_loop(args, norm, batch_size, splits, device, cuda and name != "ref"),
-                   args, splits, device)
-        for name, make in VARIANTS.items()
+        name: make(make_loop(args, norm, batch_size, splits, device,
+                             cuda and not name.startswith("ref")), args, splits, device)
+        for name, make in variants(args).items()
     }  # fmt: skip
     best = dict.fromkeys(runners, 0.0)
     for run in runners.values():
@@ -168,7 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--norms", nargs="+", default=["bn", "gn"])
     ap.add_argument("--model", default="resnet20")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    ap.add_argument("--workers", type=int, default=0, help="reference DataLoader workers")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[0, 2],
+        help="reference DataLoader worker counts (2: PyTorch's CIFAR-10 tutorial)",
+    )
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     args = ap.parse_args(argv)
     if min(args.steps, args.warmup, args.repeats) < 1:
@@ -188,15 +200,17 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"# {device.type}: {name} | torch {torch.__version__} | {args.model}, 3x32x32 images")
     print(f"# images/s: best of {args.repeats} x {args.steps} steps (after {args.warmup} warm-up "
-          f"steps); reference DataLoader workers: {args.workers}")  # fmt: skip
-    header = ("norm", "batch", "bare img/s", "loop img/s", "ref img/s", "loop/bare", "loop/ref")
-    print("{:<5} {:>5} {:>11} {:>11} {:>11} {:>9} {:>9}".format(*header))
+          f"steps); images/s per column")  # fmt: skip
+    refs = [f"ref w{w}" for w in args.workers]
+    header = ["norm", "batch", "bare", "loop", *refs, "loop/bare", *[f"loop/{r}" for r in refs]]
+    print(" ".join(f"{h:>11}" for h in header))
     for norm in args.norms:
         for bs in args.batch_sizes:
             speed = measure(args, norm, bs, splits, device)
-            b, ours, ref = speed["bare"], speed["loop"], speed["ref"]
-            row = (norm, bs, b, ours, ref, ours / b, ours / ref)
-            print("{:<5} {:>5} {:>11.0f} {:>11.0f} {:>11.0f} {:>9.2f} {:>9.2f}".format(*row))
+            ours = speed["loop"]
+            row = [norm, bs, *(f"{speed[k]:.0f}" for k in ("bare", "loop", *refs))]
+            row += [f"{ours / speed['bare']:.2f}", *(f"{ours / speed[r]:.2f}" for r in refs)]
+            print(" ".join(f"{v:>11}" for v in row))
             sys.stdout.flush()
     return 0
 

@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     except data.DataError as err:  # says where it looked and how to get the data
         print(f"train.py: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # disk full, read-only results: name the file, earlier files intact
+        print(f"train.py: cannot write {err.filename}: {err.strerror}", file=sys.stderr)
+        return 1
 
 
 @contextlib.contextmanager

@@ -75,10 +75,11 @@ def test_linear_lr_scaling_and_milestone_scaling():
     assert wrn["optim"]["milestones"] == [60, 90, 120, 200]
     smoke = grid.load_params(ROOT / "params.yaml", {"scale": "smoke"})
     wrn_smoke = grid.study_runs(smoke, "wrn_table")[0]
-    assert wrn_smoke["epochs"] == 2
-    # 60/250, 90/250, 120/250, 200/250 of 2 epochs, rounded, at least epoch 1.
+    epochs = raw_params()["smoke"]["epochs"]
+    assert wrn_smoke["epochs"] == epochs
+    # 60/250, 90/250, 120/250, 200/250 of the smoke epochs, rounded, at least epoch 1.
     assert wrn_smoke["optim"]["milestones"] == sorted(
-        {max(1, round(m * 2 / 250)) for m in (60, 90, 120, 200)}
+        {max(1, round(m * epochs / 250)) for m in (60, 90, 120, 200)}
     )
 
 

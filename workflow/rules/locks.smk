@@ -26,7 +26,7 @@ def _live_jobs(workdir: str) -> list[str]:
     """'PID: command' of live processes started in `workdir` running a pipeline script (Linux
     /proc; elsewhere none are found)."""
     jobs = []
-    proc = Path("/proc")
+    proc = Path(os.sep, "proc")  # Linux; elsewhere absent
     for entry in proc.iterdir() if proc.is_dir() else []:
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
@@ -54,9 +54,8 @@ def clear_stale_lock(meta_dir: str = ".snakemake"):
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except (
-        OSError
-    ):  # another snakemake is running here (or no flock on this filesystem)
+    except OSError:
+        # Another snakemake is running here (or this filesystem has no flock): leave it all.
         os.close(fd)
         return None
     stale = sorted((Path(meta_dir) / "locks").glob("*.lock"))

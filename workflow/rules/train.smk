@@ -5,7 +5,7 @@
 
 wildcard_constraints:
     study=r"[A-Za-z0-9_\-]+",
-    run=r"[A-Za-z0-9_.\-]+",
+    run=r"[A-Za-z0-9_.+\-]+",
 
 
 rule train:
