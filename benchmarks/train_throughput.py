@@ -165,6 +165,38 @@ def measure(args, norm: str, batch_size: int, splits, device) -> dict[str, float
     return best
 
 
+def data_only(args, splits, device, batch_size: int) -> tuple[float, float]:
+    """Images/s of the input pipeline alone (no model): ours vs the PIL DataLoader (0 workers).
+    Shows what the project's loader saves per image, whatever the model costs."""
+    from augment import iterate_batches
+
+    n_images = args.steps * batch_size
+    gen = torch.Generator(device).manual_seed(0)
+    tf = make_batch_transform("standard", "channel", splits, True)
+    ref_tf = transforms.Compose([
+        transforms.RandomCrop(32, padding=4),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(splits.mean.tolist(), splits.std.tolist()),
+    ])  # fmt: skip
+    subset = data.TensorSet(splits.train.x[:n_images], splits.train.y[:n_images])
+    pil = PILImages(subset.x.cpu(), subset.y.cpu(), ref_tf)
+    best_ours = best_ref = 0.0
+    for _ in range(args.repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        for xb, _yb in iterate_batches(subset, batch_size, True, gen, drop_last=True):
+            tf(xb, gen)
+        sync(device)
+        best_ours = max(best_ours, n_images / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        for xb, _yb in DataLoader(pil, batch_size=batch_size, shuffle=True, drop_last=True):
+            xb.to(device)
+        sync(device)
+        best_ref = max(best_ref, n_images / (time.perf_counter() - t0))
+    return best_ours, best_ref
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
@@ -212,6 +244,11 @@ def main(argv: list[str] | None = None) -> int:
             row += [f"{ours / speed['bare']:.2f}", *(f"{ours / speed[r]:.2f}" for r in refs)]
             print(" ".join(f"{v:>11}" for v in row))
             sys.stdout.flush()
+    print("\n# input pipeline alone (no model): images/s")
+    print(" ".join(f"{h:>11}" for h in ("batch", "ours", "ref w0", "ours/ref")))
+    for bs in args.batch_sizes:
+        ours, ref = data_only(args, splits, device, bs)
+        print(" ".join(f"{v:>11}" for v in (bs, f"{ours:.0f}", f"{ref:.0f}", f"{ours / ref:.1f}")))
     return 0
 
 
