@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_report_browser import CHROMIUM, DevTools, assert_renders_cleanly
 
 import grid
 
@@ -97,8 +98,21 @@ def test_snakemake_smoke_produces_every_run_summary_and_the_report(smoke_repo):
     assert "Nothing to be done" in dry.stdout + dry.stderr
 
 
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (CI installs it)")
+def test_the_smoke_report_opens_in_a_browser(smoke_repo, tmp_path):
+    browser = DevTools(tmp_path / "chromium-profile")
+    try:
+        page = smoke_repo / "reports" / "index.html"
+        assert_renders_cleanly(browser, page, len(planned(smoke_repo)), tmp_path / "smoke.png")
+    finally:
+        browser.close()
+
+
 def test_dvc_repro_then_exp_run_reruns_only_what_a_param_touches(smoke_repo):
+    (smoke_repo / "reports" / "index.html").unlink()
     sh(["dvc", "repro"], smoke_repo, timeout=1200)
+    assert "nf_grid" in (smoke_repo / "reports" / "index.html").read_text()  # DVC made it anew
     status = sh(["dvc", "status", "--json"], smoke_repo)
     assert json.loads(status.stdout or "{}") == {}
     shown = json.loads(sh(["dvc", "metrics", "show", "--json"], smoke_repo).stdout)
@@ -121,4 +135,7 @@ def test_dvc_repro_then_exp_run_reruns_only_what_a_param_touches(smoke_repo):
         assert metrics["epochs_done"] == 5
     diff = sh(["dvc", "params", "diff", "--json"], smoke_repo).stdout
     assert "smoke.studies.nf_final.epochs" in diff
+    metrics_diff = json.loads(sh(["dvc", "metrics", "diff", "--json"], smoke_repo).stdout)
+    changed_files = {Path(p).stem for p in metrics_diff}
+    assert "nf_final" in changed_files and "wrn_table" not in changed_files
     assert json.loads(sh(["dvc", "status", "--json"], smoke_repo).stdout or "{}") == {}

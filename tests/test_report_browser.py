@@ -196,13 +196,19 @@ def test_report_opens_from_disk_without_errors(browser, tmp_path, grid):
     page.parent.mkdir()
     page.write_text(report.render(studies, {"scale": "full"}))
 
+    assert_renders_cleanly(browser, page, len(studies), tmp_path / f"report-{grid}.png")
+
+
+def assert_renders_cleanly(browser, page: Path, n_sections: int, png_out: Path) -> None:
+    """Open `page` from disk: no console error, every study section, every figure with a
+    non-zero size inside a laptop-wide window, no sideways scroll; saves a screenshot."""
     session = browser.open(page.as_uri())
     probe = json.loads(browser.evaluate(PROBE, session))
     png = browser.screenshot(session)
-    (tmp_path / f"report-{grid}.png").write_bytes(png)
+    png_out.write_bytes(png)
 
     assert browser.errors() == []
-    assert probe["sections"] == len(studies)
+    assert probe["sections"] == n_sections
     assert probe["figures"], "no figure rendered"
     for f in probe["figures"]:
         assert f["w"] > 0 and f["h"] > 0 and f["svg_w"] > 50 and f["svg_h"] > 50, f
