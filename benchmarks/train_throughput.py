@@ -56,6 +56,16 @@ class PILImages(VisionDataset):
         return self.transform(self.images[i]), self.labels[i]
 
 
+def reference_transform(splits) -> transforms.Compose:
+    """The conventional per-sample PIL pipeline for CIFAR-10."""
+    return transforms.Compose([
+        transforms.RandomCrop(32, padding=4),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(splits.mean.tolist(), splits.std.tolist()),
+    ])  # fmt: skip
+
+
 def make_loop(args, norm: str, batch_size: int, splits, device, channels_last: bool) -> EpochLoop:
     cuda = device.type == "cuda"
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -109,12 +119,7 @@ def project_loop(loop: EpochLoop, args, splits, device) -> Callable[[int], None]
 def reference(loop: EpochLoop, args, splits, device, workers: int) -> Callable[[int], None]:
     """n steps of the conventional loop: PIL transforms per sample, DataLoader, NCHW."""
     n_images = args.steps * loop.batch_size
-    tf = transforms.Compose([
-        transforms.RandomCrop(32, padding=4),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(splits.mean.tolist(), splits.std.tolist()),
-    ])  # fmt: skip
+    tf = reference_transform(splits)
     x, y = splits.train.x[:n_images].cpu(), splits.train.y[:n_images].cpu()
     loader = DataLoader(
         PILImages(x, y, tf),
@@ -173,12 +178,7 @@ def data_only(args, splits, device, batch_size: int) -> tuple[float, float]:
     n_images = args.steps * batch_size
     gen = torch.Generator(device).manual_seed(0)
     tf = make_batch_transform("standard", "channel", splits, True)
-    ref_tf = transforms.Compose([
-        transforms.RandomCrop(32, padding=4),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(splits.mean.tolist(), splits.std.tolist()),
-    ])  # fmt: skip
+    ref_tf = reference_transform(splits)
     subset = data.TensorSet(splits.train.x[:n_images], splits.train.y[:n_images])
     pil = PILImages(subset.x.cpu(), subset.y.cpu(), ref_tf)
     best_ours = best_ref = 0.0

@@ -18,7 +18,6 @@ import datetime
 import hashlib
 import json
 import math
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ import aggregate
 import grid
 import plots
 import references as ref
+from gitinfo import git
 from io_utils import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -556,20 +556,10 @@ def study_view(sd: StudyData) -> dict:
 # ---------------------------------------------------------------------------- header
 
 
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
 def provenance(params: dict | None) -> dict:
     """Code and parameters that produced the report (not the runs: those are per run)."""
-    rev = _git("rev-parse", "--short=12", "HEAD")
-    dirty = _git("status", "--porcelain")
+    rev = git("rev-parse", "--short=12", "HEAD")
+    dirty = git("status", "--porcelain")
     code = "no commit yet" if rev is None else rev + (" (dirty)" if dirty else "")
     blob = json.dumps(params or {}, sort_keys=True, default=str).encode()
     return {

@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from tqdm import tqdm
 import data
 from augment import batches_per_epoch, iterate_batches, make_batch_transform
 from checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from gitinfo import git
 from io_utils import atomic_write_json, atomic_write_text, read_json
 from models import build_model
 from optim import adaptive_clip_grad_, clipped_params, lr_at, make_optimizer, set_lr
@@ -413,18 +413,6 @@ def environment(device: torch.device) -> dict:
         "git_rev": rev,
         "git_dirty": None if rev is None or dirty is None else bool(dirty),
     }
-
-
-def git(*args: str) -> str | None:
-    """Output of a git command run in src/'s repository; None outside one or without git."""
-    src = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(src), *args], capture_output=True, text=True, timeout=30
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def cpu_name() -> str:
