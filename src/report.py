@@ -226,7 +226,11 @@ def _band(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Adds mean, lo, hi, ci in percent from a summary's metric columns (no CI: lo = hi = mean)."""
     mean = 100 * summary[f"{metric}_mean"]
     ci = 100 * summary[f"{metric}_ci95"]
-    return summary.assign(mean=mean, ci=ci, lo=mean - ci.fillna(0.0), hi=mean + ci.fillna(0.0))
+    # A t interval over few seeds can pass 0 or 100 %; the band is drawn within the range a
+    # percentage can take, the tables keep the interval as computed.
+    lo = (mean - ci.fillna(0.0)).clip(lower=0.0)
+    hi = (mean + ci.fillna(0.0)).clip(upper=100.0)
+    return summary.assign(mean=mean, ci=ci, lo=lo, hi=hi)
 
 
 def curve_bands(sd: StudyData, metric: str, scale: float = 1.0) -> pd.DataFrame:
@@ -235,7 +239,12 @@ def curve_bands(sd: StudyData, metric: str, scale: float = 1.0) -> pd.DataFrame:
     if h.empty or metric not in h:
         return pd.DataFrame(columns=["series", "epoch", "n", "mean", "lo", "hi"])
     h = _with_series(h).assign(**{metric: pd.to_numeric(h[metric], errors="coerce") * scale})
-    return aggregate.history_bands(h, ["series"], metric)
+    bands = aggregate.history_bands(h, ["series"], metric)
+    # Losses and accuracies are >= 0, accuracies in percent <= 100: draw the band within that.
+    bands["lo"] = bands["lo"].clip(lower=0.0)
+    if scale == 100:
+        bands["hi"] = bands["hi"].clip(upper=100.0)
+    return bands
 
 
 def figure_if(ready: bool, caption: str, draw, *args, **kwargs) -> dict:
