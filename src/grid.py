@@ -255,7 +255,7 @@ def study_runs(params: dict, name: str) -> list[dict]:
     epochs = study.get("epochs", smoke.get("epochs", recipe["epochs"]))
     if "epochs" in smoke.get("studies", {}).get(name, {}):
         epochs = smoke["studies"][name]["epochs"]
-    optim = deep_merge(recipe["optim"], study.get("optim", {}))
+    optim = deep_merge(deep_merge(recipe["optim"], study.get("optim", {})), smoke.get("optim", {}))
     if optim.get("milestones"):
         optim["milestones"] = _scaled_milestones(optim["milestones"], epochs, recipe["epochs"])
     data = deep_merge(deep_merge(params["data"], study.get("data", {})), smoke.get("data", {}))
