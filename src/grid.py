@@ -144,13 +144,18 @@ def load_params(path: str | Path = REPO / "params.yaml", overrides: dict | None 
     return resolve_params(deep_merge(raw or {}, overrides or {}))
 
 
+def plan(raw: dict) -> tuple[dict, dict[str, list[dict]]]:
+    """Validate raw params (params.yaml merged with overrides) and expand every enabled study,
+    once: a bad name, groups that do not divide, an empty grid or repeated run ids are reported
+    before any job starts. Returns (effective params, study name -> run configs)."""
+    validate_params(raw)
+    params = copy.deepcopy(raw)
+    return params, {name: study_runs(params, name) for name in studies(params)}
+
+
 def resolve_params(params: dict) -> dict:
-    """Validate raw params (params.yaml merged with overrides) and expand every study once,
-    so that a bad name or an empty grid is reported before any job starts."""
-    validate_params(params)
-    params = copy.deepcopy(params)
-    expand_runs(params)  # raises ParamsError on names, groups, empty grids, duplicate run ids
-    return params
+    """The validated params alone (see `plan`)."""
+    return plan(params)[0]
 
 
 # ---------------------------------------------------------------- expansion
@@ -269,11 +274,12 @@ def study_runs(params: dict, name: str) -> list[dict]:
     variants = _variants(name, study)
 
     runs = []
+    for variant, extra_kw in itertools.product(variants, norm_kws):
+        _check_names(name, variant, {**variant["norm_kw"], **extra_kw})
     for variant, extra_kw, batch_size, lr, seed in itertools.product(
         variants, norm_kws, study["batch_sizes"], lrs, range(n_seeds)
     ):
         norm_kw = {**variant["norm_kw"], **extra_kw}
-        _check_names(name, variant, norm_kw)
         model_kw = {**smoke.get("model_kw", {}).get(variant["model"], {}), **variant["model_kw"]}
         if scaling:
             lr = lr * batch_size / scaling["base_batch"]

@@ -11,13 +11,12 @@ include: "locks.smk"  # a killed run's stale lock is cleared when that is safe
 
 try:
     # `config` is params.yaml with any --config overrides on top (e.g. scale=smoke).
-    PARAMS = grid.resolve_params(config)
+    PARAMS, RUNS = grid.plan(config)
 except grid.ParamsError as err:
     raise WorkflowError(str(err)) from None
 
 RESULTS = "results"
-STUDIES = list(grid.studies(PARAMS))
-RUNS = {name: grid.study_runs(PARAMS, name) for name in STUDIES}
+STUDIES = list(RUNS)
 # Each run's resolved config is an input of its train job, rewritten only when its content
 # changes: editing one value reruns exactly the runs it touches, with or without .snakemake/.
 grid.sync_run_configs([r for runs in RUNS.values() for r in runs], RESULTS)
