@@ -333,13 +333,17 @@ def config_path(results_root: str | Path, cfg: dict) -> Path:
     return Path(results_root) / "configs" / cfg["study"] / f"{cfg['run_id']}.json"
 
 
-def _finished_hash(metrics_path: Path) -> str | None:
-    """config_hash of a run that finished (ok or diverged); None if not finished or unreadable."""
+FINISHED = ("ok", "diverged")  # metrics.json statuses that mean "nothing left to do"
+
+
+def finished_hash(metrics_path: Path) -> str | None:
+    """config_hash of a run that finished (ok or diverged); None if not finished or unreadable.
+    The one rule for "done": the planner (sync_run_configs) and src/train.py both use it."""
     try:
         metrics = json.loads(metrics_path.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(metrics, dict) or metrics.get("status") not in ("ok", "diverged"):
+    if not isinstance(metrics, dict) or metrics.get("status") not in FINISHED:
         return None
     return metrics.get("config_hash")
 
@@ -367,7 +371,7 @@ def sync_run_configs(runs: list[dict], results_root: str | Path = "results") -> 
         if metrics.exists():
             m_time = metrics.stat().st_mtime
             c_time = path.stat().st_mtime
-            if _finished_hash(metrics) == cfg["config_hash"]:
+            if finished_hash(metrics) == cfg["config_hash"]:
                 if c_time > m_time:
                     os.utime(path, (m_time - 1, m_time - 1))
             elif c_time <= m_time:

@@ -37,6 +37,7 @@ import data
 from augment import batches_per_epoch, iterate_batches, make_batch_transform
 from checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from gitinfo import git
+from grid import finished_hash
 from io_utils import atomic_write_json, atomic_write_text, read_json
 from models import build_model
 from optim import adaptive_clip_grad_, clipped_params, lr_at, make_optimizer, set_lr
@@ -44,7 +45,6 @@ from run_config import resolve_run_config
 
 HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc")
 HISTORY_COLUMNS += ("test_loss", "test_acc", "seconds")
-FINISHED = ("ok", "diverged")  # metrics.json statuses that mean "nothing left to do"
 CUDA_CHECK_EVERY = 50  # CUDA: steps between non-finite loss checks (each one syncs the GPU)
 
 
@@ -117,11 +117,7 @@ def pick_device(name: str) -> torch.device:
 
 
 def already_done(run_dir: Path, config_hash: str) -> bool:
-    try:
-        metrics = read_json(run_dir / "metrics.json")
-    except (OSError, ValueError):
-        return False
-    return metrics.get("config_hash") == config_hash and metrics.get("status") in FINISHED
+    return finished_hash(run_dir / "metrics.json") == config_hash
 
 
 def train(
