@@ -285,3 +285,15 @@ def check_groups(model: str, norm: str, overrides: dict | None, norm_kw: dict | 
                     f"(its norm widths are {widths}); {key} must be one of {common}"
                 )
         resolve_groups(norm, width, **norm_kw)
+
+
+def norm_groups(model: str, norm: str, overrides: dict | None, norm_kw: dict | None) -> dict:
+    """{channels: groups} for every norm width of `model` with `norm` (empty for bn/none).
+
+    Written into each run config by src/grid.py so that what a "gn" run really normalized is
+    on record: one channel per group (C == G) is InstanceNorm on that layer, G == 1 LayerNorm.
+    """
+    if norm not in ("gn", "gn_ws", "ln", "in"):
+        return {}
+    widths = norm_widths(model, **(overrides or {}))
+    return {str(w): resolve_groups(norm, w, **(norm_kw or {})) for w in widths}

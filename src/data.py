@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import struct
 import warnings
 from dataclasses import dataclass
@@ -417,7 +418,7 @@ def _load_imagefolder(cfg: dict):
     saved = {"fingerprint": fingerprint, "classes": classes}
     for split, tset in zip(("train", "test"), sets, strict=True):
         saved[f"{split}_x"], saved[f"{split}_y"] = tset.x, tset.y
-    tmp = cache.with_suffix(".tmp")
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")  # runs started together each write their own
     try:
         torch.save(saved, tmp)
         tmp.replace(cache)

@@ -3,7 +3,7 @@
 Snakemake calls this at parse time (so it must stay fast: no torch import), and aggregation
 uses the same run list, so a stale run folder never leaks into a table.
 
-    params.yaml --load_params--> effective params (validated, smoke preset applied)
+    params.yaml --load_params--> effective params (validated, scale preset applied)
                 --expand_runs--> [run config, ...]   (the RUN.json contract of src/train.py)
                 --sync_run_configs--> results/configs/<study>/<run_id>.json (written only on change)
 """
@@ -117,23 +117,25 @@ def validate_params(params: dict) -> None:
                 f"studies.{name}.recipe: got {study['recipe']!r}; "
                 f"allowed: {', '.join(params['recipes'])}"
             )
-    smoke_studies = params.get("smoke", {}).get("studies", {})
-    for name in smoke_studies:
-        if name not in params["studies"]:
+    for preset in PRESET_SCALES:
+        trims = params.get(preset, {}).get("studies", {})
+        for name in trims:
+            if name not in params["studies"]:
+                raise ParamsError(
+                    f"{preset}.studies.{name}: unknown study; "
+                    f"allowed: {', '.join(params['studies'])}"
+                )
+        # The trims replace study keys, so the merged studies must be valid studies too.
+        merged = {n: deep_merge(s, trims.get(n, {})) for n, s in params["studies"].items()}
+        messages = _schema_errors({**params, "studies": merged})
+        if messages:
             raise ParamsError(
-                f"smoke.studies.{name}: unknown study; allowed: {', '.join(params['studies'])}"
+                f"params.yaml is invalid (with {preset}.studies trims):\n  " + "\n  ".join(messages)
             )
-    # The smoke trims replace study keys, so the merged studies must be valid studies too.
-    merged = {n: deep_merge(s, smoke_studies.get(n, {})) for n, s in params["studies"].items()}
-    messages = _schema_errors({**params, "studies": merged})
-    if messages:
-        raise ParamsError(
-            "params.yaml is invalid (with smoke.studies trims):\n  " + "\n  ".join(messages)
-        )
 
 
 def load_params(path: str | Path = REPO / "params.yaml", overrides: dict | None = None) -> dict:
-    """Read, override, validate, and apply the smoke preset: the effective parameters."""
+    """Read, override, validate, and apply the scale preset: the effective parameters."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -161,14 +163,20 @@ def resolve_params(params: dict) -> dict:
 # ---------------------------------------------------------------- expansion
 
 
-def _smoke(params: dict) -> dict:
-    return params.get("smoke", {}) if params.get("scale") == "smoke" else {}
+# Scales other than `full` are presets: a section of params.yaml named like the scale (smoke,
+# laptop) applied on top of the recipes and studies. `full` is the seeds' recipes as written.
+PRESET_SCALES = ("smoke", "laptop")
+
+
+def _preset(params: dict) -> dict:
+    scale = params.get("scale")
+    return params.get(scale, {}) if scale in PRESET_SCALES else {}
 
 
 def effective_study(params: dict, name: str) -> dict:
-    """The study's own keys with the smoke preset's per-study trims on top (smoke scale)."""
+    """The study's own keys with the scale preset's per-study trims on top (smoke, laptop)."""
     study = params["studies"][name]
-    return deep_merge(study, _smoke(params).get("studies", {}).get(name, {}))
+    return deep_merge(study, _preset(params).get("studies", {}).get(name, {}))
 
 
 def studies(params: dict, include_disabled: bool = False) -> dict[str, dict]:
@@ -255,7 +263,7 @@ def _check_names(name: str, variant: dict, extra_norm_kw: dict) -> None:
 def study_runs(params: dict, name: str) -> list[dict]:
     """Every resolved run config of one study, in grid order (seed varies fastest)."""
     study = effective_study(params, name)
-    smoke = _smoke(params)
+    smoke = _preset(params)  # {} at full scale
     recipe = params["recipes"][study["recipe"]]
     epochs = study.get("epochs", smoke.get("epochs", recipe["epochs"]))
     if "epochs" in smoke.get("studies", {}).get(name, {}):
@@ -290,6 +298,9 @@ def study_runs(params: dict, name: str) -> list[dict]:
             "model_kw": model_kw,
             "norm": variant["norm"],
             "norm_kw": norm_kw,
+            "norm_groups": catalog.norm_groups(
+                variant["model"], variant["norm"], model_kw, norm_kw
+            ),
             "batch_size": batch_size,
             "seed": seed,
             "lr": lr,

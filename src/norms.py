@@ -60,6 +60,10 @@ class ScaledStdConv2d(StdConv2d):
     v, each output channel then has variance gamma^2 * v.
     """
 
+    # The gain is a norm-like scale (like BN's gamma), exempt from weight decay by role
+    # (optim.no_decay_names) although it is a 4-D tensor.
+    no_weight_decay = ("gain",)
+
     def __init__(self, *args, gamma: float = GAMMA_RELU, eps: float = 1e-10, **kwargs):
         super().__init__(*args, eps=eps, **kwargs)
         self.gamma = gamma
@@ -183,3 +187,28 @@ __all__ = [
     "layer_factories",
     "make_norm",
 ]
+
+
+def norm_layer_groups(model: nn.Module) -> list[tuple[str, int, int | None]]:
+    """(module name, channels C, groups G) of every norm layer of a built model, in order.
+
+    G is None for BatchNorm (no groups). C == G means InstanceNorm on that layer and G == 1
+    LayerNorm, whatever the norm was called: the trainer logs this list so that a "gn" which is
+    IN on some layers is visible in every run's train.log.
+    """
+    out = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.GroupNorm):
+            out.append((name, module.num_channels, module.num_groups))
+        elif isinstance(module, nn.modules.batchnorm._NormBase):
+            out.append((name, module.num_features, None))
+    return out
+
+
+def format_norm_layer_groups(layers: list[tuple[str, int, int | None]]) -> str:
+    """`16ch/G8 x7, 32ch/G8 x7, 64ch/G8 x7` (distinct (C, G) with their layer counts)."""
+    counts: dict[tuple[int, int | None], int] = {}
+    for _, c, g in layers:
+        counts[(c, g)] = counts.get((c, g), 0) + 1
+    parts = [f"{c}ch/G{'-' if g is None else g} x{n}" for (c, g), n in counts.items()]
+    return ", ".join(parts) or "no norm layers"

@@ -17,13 +17,36 @@ from torch import nn
 # (run_config.SCHEDULES lists them for validation.)
 
 
+# Modules whose every parameter is a normalization gain or shift.
+NORM_MODULES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def no_decay_names(model: nn.Module) -> set[str]:
+    """Names of the parameters that `wd_on_norm: false` exempts from weight decay, by role:
+    every parameter of a norm layer, every bias, and the parameters a module lists in its
+    `no_weight_decay` attribute (the per-channel gain of a scaled-WS conv: a 4-D tensor
+    [out, 1, 1, 1], which a test on ndim would miss)."""
+    names = set()
+    for mod_name, module in model.named_modules():
+        prefix = f"{mod_name}." if mod_name else ""
+        for p_name, _ in module.named_parameters(recurse=False):
+            if (
+                isinstance(module, NORM_MODULES)
+                or p_name == "bias"
+                or p_name in getattr(module, "no_weight_decay", ())
+            ):
+                names.add(prefix + p_name)
+    return names
+
+
 def make_optimizer(model: nn.Module, lr: float, optim_cfg: dict) -> torch.optim.SGD:
-    """SGD with momentum; no weight decay on 1-D params (norm gains/biases, biases) unless
-    wd_on_norm."""
+    """SGD with momentum; norm gains/shifts, biases and scaled-WS gains get no weight decay
+    unless wd_on_norm (see `no_decay_names`)."""
+    exempt = set() if optim_cfg["wd_on_norm"] else no_decay_names(model)
     decay, no_decay = [], []
-    for p in model.parameters():
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 and not optim_cfg["wd_on_norm"] else decay).append(p)
+            (no_decay if name in exempt else decay).append(p)
     groups = [{"params": decay, "weight_decay": optim_cfg["weight_decay"]}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
@@ -74,20 +97,30 @@ def clipped_params(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad and id(p) not in head]
 
 
-def _unitwise_norm(x: torch.Tensor) -> torch.Tensor:
+def _unitwise_norm(x: torch.Tensor, members: int = 1) -> torch.Tensor:
     # One norm per output unit (dim 0 of a conv/linear weight, shape [out, 1, ...]);
-    # a vector or scalar (gain, bias) is one unit, as in the NFNets reference code.
-    dims = tuple(range(1, x.ndim)) if x.ndim > 1 else None
-    return torch.linalg.vector_norm(x, dim=dims, keepdim=x.ndim > 1)
+    # a vector (gain, bias) is one unit, as in the NFNets reference code. In a pack of
+    # `members` runs a vector is the members' vectors stacked: one unit per member.
+    if x.ndim > 1:
+        return torch.linalg.vector_norm(x, dim=tuple(range(1, x.ndim)), keepdim=True)
+    if x.ndim == 0:
+        return torch.linalg.vector_norm(x)
+    per_member = torch.linalg.vector_norm(x.reshape(members, -1), dim=1, keepdim=True)
+    return per_member.expand(members, x.numel() // members).reshape(x.shape)
 
 
 @torch.no_grad()
-def adaptive_clip_grad_(params: list[nn.Parameter], clip: float, eps: float = 1e-3) -> None:
-    """NFNets AGC: where ||G||/max(||W||, eps) > clip, G <- clip * max(||W||, eps) / ||G|| * G."""
+def adaptive_clip_grad_(
+    params: list[nn.Parameter], clip: float, eps: float = 1e-3, members: int = 1
+) -> None:
+    """NFNets AGC: where ||G||/max(||W||, eps) > clip, G <- clip * max(||W||, eps) / ||G|| * G.
+
+    members: the params are `members` runs' tensors stacked on dim 0 (src/packing.py); each
+    run's units are clipped as its own run would clip them."""
     for p in params:
         if p.grad is None:
             continue
-        max_norm = _unitwise_norm(p.detach()).clamp_min(eps) * clip
-        grad_norm = _unitwise_norm(p.grad)
+        max_norm = _unitwise_norm(p.detach(), members).clamp_min(eps) * clip
+        grad_norm = _unitwise_norm(p.grad, members)
         # Units under the threshold get scale 1; clamp_min avoids 0/0 for an all-zero gradient.
         p.grad.mul_((max_norm / grad_norm.clamp_min(1e-6)).clamp_max(1.0))

@@ -38,7 +38,10 @@ TOP_KEYS: dict[str, Any] = {
     "data": dict,  # checked and completed by data.check_data_config
     "runtime": dict,
 }
-OPTIONAL_TOP: dict[str, Any] = {"config_hash": str}
+OPTIONAL_TOP: dict[str, Any] = {
+    "config_hash": str,
+    "norm_groups": dict,  # {channels: groups} per norm width (catalog.norm_groups), for the record
+}
 OPTIM_KEYS: dict[str, Any] = {
     "momentum": float,
     "nesterov": bool,
@@ -67,12 +70,13 @@ RUNTIME_KEYS: dict[str, Any] = {
 RUNTIME_OPTIONAL: dict[str, Any] = {
     "threads": (int, None),  # CPU threads; null: $OMP_NUM_THREADS (Snakemake sets it) or all cores
     "log_every": int,  # also log the running loss every N steps (0: once per epoch only)
+    "test_every": int,  # evaluate the test set every N epochs (0: only after the last epoch)
 }
 # Values of the optional keys when absent: the only defaults of a run config (data's: data.py).
 DEFAULTS = {
     "optim": {"name": "sgd", "warmup_epochs": 0, "label_smoothing": 0.0, "agc": None},
     "agc": {"eps": 1e-3},
-    "runtime": {"threads": None, "log_every": 0},
+    "runtime": {"threads": None, "log_every": 0, "test_every": 1},
 }
 SCHEDULES = ("step", "evenly", "cosine", "constant")
 
@@ -150,6 +154,8 @@ def resolve_run_config(cfg: dict) -> dict:
     threads = runtime["threads"]
     _check(threads is None or threads >= 1, "runtime.threads", threads, "null or an integer >= 1")
     _check(runtime["log_every"] >= 0, "runtime.log_every", runtime["log_every"], "an integer >= 0")
+    every = runtime["test_every"]
+    _check(every >= 0, "runtime.test_every", every, "an integer >= 0 (epochs; 0 = after the last)")
     expected = config_hash(cfg)
     if cfg.get("config_hash", expected) != expected:
         raise ValueError(

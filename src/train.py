@@ -34,12 +34,15 @@ from torch import nn
 from tqdm import tqdm
 
 import data
+import gpu_slots
+import run_status
 from augment import batches_per_epoch, iterate_batches, make_batch_transform
 from checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from gitinfo import git
 from grid import finished_hash
 from io_utils import atomic_write_json, atomic_write_text, read_json
 from models import build_model
+from norms import format_norm_layer_groups, norm_layer_groups
 from optim import adaptive_clip_grad_, clipped_params, lr_at, make_optimizer, set_lr
 from run_config import resolve_run_config
 
@@ -65,11 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         cfg = load_config(args.config)
+        gpu_slots.claim_for_job(args.device)  # a GPU of its own, before CUDA initialises
         device = pick_device(args.device)
         if already_done(args.out, cfg["config_hash"]):
             print(f"already done: {args.out / 'metrics.json'} (config_hash {cfg['config_hash']})")
             return 0
-        with run_logger() as log:
+        # The run's lock, held while this process lives: readers see the run as running.
+        with run_status.hold(args.out), run_logger() as log:
             return train(cfg, args.out, device, log, started)
     except ConfigError as err:
         print(f"train.py: bad config {args.config}: {err}", file=sys.stderr)
@@ -182,8 +187,10 @@ def train(
         "run %s/%s | %s %s %d params | %d train / %d val / %d test images, %d steps/epoch | "
         "device %s | config_hash %s",
         cfg["study"], cfg["run_id"], cfg["model"], cfg["norm"], n_params, n_train,
-        len(splits.val), len(splits.test), steps, device, cfg["config_hash"],
+        len(splits.val), len(splits.test), steps, gpu_slots.describe(device), cfg["config_hash"],
     )  # fmt: skip
+    # (C, G) of every norm layer: a "gn" that is IN (C == G) on some layers shows here.
+    log.info("norm layers (channels/groups): %s", format_norm_layer_groups(norm_layer_groups(model)))
 
     # Resume: model, optimizer, RNGs and history as they were at the end of the last good epoch.
     history: list[dict] = []
@@ -203,11 +210,16 @@ def train(
         train_loss, train_acc, n_seen, lr = loop.run_epoch(epoch, log)
         train_seconds = time.perf_counter() - t0
         val_loss = val_acc = test_loss = test_acc = math.nan
+        # The test set every `test_every` epochs and after the last (a 10k-image pass costs as
+        # much as a small training epoch on a CPU); the val split, which picks best_val, always.
+        every = runtime["test_every"]
+        test_now = epoch + 1 == cfg["epochs"] or (every > 0 and (epoch + 1) % every == 0)
         if math.isfinite(train_loss):
             eval_bs = cfg["eval_batch_size"]
             val_loss, val_acc = evaluate(model, splits.val, eval_tf, eval_bs, autocast)
-            test_loss, test_acc = evaluate(model, splits.test, eval_tf, eval_bs, autocast)
-        if not math.isfinite(train_loss + test_loss):
+            if test_now:
+                test_loss, test_acc = evaluate(model, splits.test, eval_tf, eval_bs, autocast)
+        if not math.isfinite(train_loss) or (test_now and not math.isfinite(test_loss)):
             diverged_epoch = epoch + 1
             log.warning("epoch %d: the loss is not finite: diverged, stopping", diverged_epoch)
             break
@@ -404,6 +416,7 @@ def environment(device: torch.device) -> dict:
     return {
         "device": device.type,
         "device_name": torch.cuda.get_device_name(device) if cuda else cpu_name(),
+        **({"gpu": gpu_slots.job_gpu()} if cuda else {}),  # which GPU of the machine
         "torch_version": torch.__version__,
         "cuda_version": torch.version.cuda,
         "git_rev": rev,
