@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := .make
 
-.PHONY: smoke test test-fast lint format install data full clean-results
+.PHONY: smoke laptop test test-fast lint format install data full clean-results
 
 $(STAMP)/venv: pyproject.toml
 	@mkdir -p $(STAMP)
@@ -33,6 +33,14 @@ data: $(STAMP)/data
 
 smoke: install data
 	$(BIN)/snakemake --cores 2 --config scale=smoke
+	@echo "Report: $(CURDIR)/reports/index.html"
+
+# The laptop scale: real CIFAR-10 (torchvision's download into data/), or, on a machine with no
+# internet, the JPEG tree data/cifar10-jpeg when it is there (workflow/configs/cifar10-jpeg.yaml).
+LAPTOP_DATA := $(if $(wildcard data/cifar-10-batches-py),,$(if $(wildcard data/cifar10-jpeg/train),--configfile workflow/configs/cifar10-jpeg.yaml))
+
+laptop: install
+	$(BIN)/snakemake --cores 2 $(LAPTOP_DATA) --config scale=laptop
 	@echo "Report: $(CURDIR)/reports/index.html"
 
 full: install
