@@ -46,6 +46,7 @@ def test_two_epochs_of_real_cifar10_learn_well_above_chance(tmp_path, jpeg_root)
     cfg["data"].update(root=str(jpeg_root), train_subset=3000)
     cfg["epochs"] = 2
     cfg["runtime"]["threads"] = 2
+    cfg["config_hash"] = grid.config_hash(cfg)
     code, run_dir = run(tmp_path, cfg)
     assert code == 0
     m = metrics(run_dir)
