@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := .make
 
-.PHONY: smoke laptop test test-fast lint format install data full clean-results
+.PHONY: smoke laptop test test-fast lint format install data full clean-results status report chromium
 
 $(STAMP)/venv: pyproject.toml
 	@mkdir -p $(STAMP)
@@ -31,6 +31,18 @@ $(STAMP)/data:
 
 data: $(STAMP)/data
 
+# Headless Chromium for the browser tests (the report opened from disk), installed the same way:
+# Debian's package when apt works as root; otherwise those tests say they skip and why.
+$(STAMP)/chromium:
+	@mkdir -p $(STAMP)
+	@if command -v chromium >/dev/null; then echo "Chromium: $$(command -v chromium)"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && apt-get install -y -qq chromium; \
+	else echo "Chromium: not installed (needs root for apt-get); the browser tests will skip"; fi
+	@touch $@
+
+chromium: $(STAMP)/chromium
+
 smoke: install data
 	$(BIN)/snakemake --cores 2 --config scale=smoke
 	@echo "Report: $(CURDIR)/reports/index.html"
@@ -47,7 +59,19 @@ full: install
 	$(BIN)/snakemake --cores 1 --resources gpu=1
 	@echo "Report: $(CURDIR)/reports/index.html"
 
-test: install data
+# While a grid runs, from any terminal; both read the run folders only (never Snakemake's lock or
+# the grid's summaries). SCALE=smoke for a grid started with --config scale=smoke.
+#   make status   per study: planned / ok / running (and its epoch) / diverged / failed / missing,
+#                 wall time so far, ETA
+#   make report   reports/index.html from the runs finished so far, with an interim banner and
+#                 the running runs' last epochs (the final report once every run has finished)
+status:
+	@$(BIN)/python src/status.py $(if $(SCALE),--config scale=$(SCALE))
+
+report:
+	$(BIN)/python src/report.py --interim $(if $(SCALE),--config scale=$(SCALE))
+
+test: install data chromium
 	$(BIN)/python -m pytest -q
 
 test-fast: install

@@ -5,9 +5,10 @@ folder left over from an older grid must not leak into a table. Each planned run
 
   ok          metrics.json says ok and was written for this run's current config
   diverged    metrics.json says diverged (counted per cell, never averaged)
+  running     a live trainer holds the run's lock (src/run_status.py), and it has not finished
   failed      metrics.json says failed (src/record_failure.py: the job exited non-zero), or
-              there is no metrics.json but a train.log or a `.failed` marker (crashed, or still
-              running: a run dir has no other way to tell)
+              there is no metrics.json but a train.log or a `.failed` marker and no live
+              trainer (crashed or killed; the next invocation resumes it)
   missing     the run dir has nothing yet
   stale       metrics.json was written for another config (its config_hash differs): ignored
   unreadable  metrics.json is not JSON or lacks a field; `note` names the file and the field
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import sys
 from pathlib import Path
@@ -33,11 +33,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
 import grid
+import run_status
 from io_utils import atomic_write_json, atomic_write_text
 
-STATUSES = ("ok", "diverged", "failed", "missing", "stale", "unreadable")
+STATUSES = ("ok", "diverged", "failed", "missing", "stale", "unreadable", "running")
 # Planned-run columns, taken from the resolved run config (groups/channels_per_group: norm_kw).
 PLAN_COLUMNS = [
     "study",
@@ -72,7 +74,7 @@ METRIC_FIELDS = [
     "finished_at",
 ]
 # metrics.json fields without which a run cannot be used (trainer contract, DESIGN.md).
-REQUIRED_FIELDS = ("status", "config_hash", "test_acc", "val_acc", "best_val_acc", "wall_s")
+REQUIRED_FIELDS = run_status.REQUIRED_FIELDS
 RUN_COLUMNS = [
     *PLAN_COLUMNS,
     "status",
@@ -86,7 +88,7 @@ RUN_COLUMNS = [
 LEVEL_AXES = {"norm": ["norm", "groups", "channels_per_group"]}
 INT_COLUMNS = ["groups", "channels_per_group", "batch_size", "epochs", "seed"]
 STAT_METRICS = ("test_acc", "test_err", "val_acc", "best_val_acc")
-STATUS_COUNTS = {f"n_{s}": s for s in ("diverged", "failed", "missing", "stale", "unreadable")}
+STATUS_COUNTS = {f"n_{s}": s for s in STATUSES if s != "ok"}
 
 
 # ---------------------------------------------------------------------------- per-run table
@@ -111,66 +113,16 @@ def plan_row(cfg: dict) -> dict:
     }
 
 
-def _failed_log(rdir: Path) -> Path | None:
-    """The log a failed run left: the `.failed` marker's first line (a path) or train.log."""
-    marker = rdir / ".failed"
-    if marker.is_file():
-        first = marker.read_text(encoding="utf-8", errors="replace").strip().splitlines()
-        return Path(first[0]) if first else rdir / "train.log"
-    log = rdir / "train.log"
-    return log if log.is_file() else None
-
-
 def read_run(rdir: Path, planned_hash: str | None) -> dict:
-    """Status, metrics, log path and note of one run dir (never raises on a bad file)."""
-    path = rdir / "metrics.json"
-    if not path.is_file():
-        log = _failed_log(rdir)
-        if log is None:
-            return {"status": "missing", "note": "not run yet"}
-        return {
-            "status": "failed",
-            "log_path": str(log),
-            "note": f"no metrics.json (crashed, or still running): see {log}",
-        }
-    try:
-        m = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        return {"status": "unreadable", "note": f"{path}: not valid JSON ({e})"}
-    if not isinstance(m, dict):
-        return {"status": "unreadable", "note": f"{path}: expected a JSON object"}
-    if "config_hash" in m and m["config_hash"] != planned_hash:
-        return {
-            "status": "stale",
-            "note": f"{path}: config_hash {m['config_hash']} != planned {planned_hash} "
-            "(written for an older config; rerun)",
-        }
-    if m.get("status") == "failed":
-        log = m.get("log_path") or _failed_log(rdir)
-        return {
-            "status": "failed",
-            "log_path": None if log is None else str(log),
-            "note": f"exit code {m.get('exit_code')}: see {log}",
-        }
-    absent = [k for k in REQUIRED_FIELDS if k not in m]
-    if absent:
-        return {"status": "unreadable", "note": f"{path}: missing field {', '.join(absent)}"}
-    if m["status"] not in ("ok", "diverged"):
-        return {
-            "status": "unreadable",
-            "note": f"{path}: status {m['status']!r} not one of ok, diverged, failed",
-        }
-    if m["status"] == "ok" and not isinstance(m["test_acc"], int | float):
-        return {
-            "status": "unreadable",
-            "note": f"{path}: status ok but test_acc is {m['test_acc']!r}",
-        }
-    row = {k: m.get(k) for k in METRIC_FIELDS}
-    row["status"] = m["status"]
-    if m["status"] == "diverged":
-        row["note"] = f"diverged at epoch {m.get('diverged_epoch')}"
-    if (rdir / "train.log").is_file():
-        row["log_path"] = str(rdir / "train.log")
+    """Status, metrics, log path and note of one run dir (never raises on a bad file); the rules
+    are run_status.read_state's, shared with `make status`."""
+    state = run_status.read_state(rdir, planned_hash, REQUIRED_FIELDS)
+    m = state["metrics"] or {}
+    row = {k: m.get(k) for k in METRIC_FIELDS} if m else {}
+    if state["status"] == "running":  # how far it is: its last checkpointed epoch
+        row["epochs_done"] = len(state["history"])
+    row["status"] = state["status"]
+    row.update({k: state[k] for k in ("log_path", "note") if state[k] is not None})
     return row
 
 
@@ -277,11 +229,14 @@ def welch_tests(
     """Welch t-test (unequal variances) of `metric` between each pair of levels of `compare`,
     at equal values of the other axes, on the ok runs. NaN with a note when a side has n < 2.
 
-    A level of "norm" includes its groups / channels_per_group (LEVEL_AXES): "gn/g8" vs "bn"."""
+    A level of "norm" includes its groups / channels_per_group (LEVEL_AXES): "gn/g8" vs "bn".
+    `p_holm`: the p-values adjusted for multiple comparisons by Holm's step-down method over the
+    family of every test of this call (one study: all its pairs at all its cells that have a p);
+    `family` is that family's size, so a reader sees how many tests were adjusted together."""
     level_axes = [a for a in LEVEL_AXES.get(compare, [compare]) if a in axes]
     others = [a for a in axes if a not in level_axes]
     columns = [*others, "cell", "compare", "level_a", "level_b", "metric"]
-    columns += ["n_a", "n_b", "mean_a", "mean_b", "diff", "t", "p", "note"]
+    columns += ["n_a", "n_b", "mean_a", "mean_b", "diff", "t", "p", "p_holm", "family", "note"]
     if compare not in axes or runs.empty:
         return pd.DataFrame(columns=columns)
     runs = typed(runs)
@@ -307,7 +262,18 @@ def welch_tests(
                 res = stats.ttest_ind(xa, xb, equal_var=False)
                 row["t"], row["p"] = float(res.statistic), float(res.pvalue)
             rows.append(row)
-    return typed(pd.DataFrame(rows, columns=columns))
+    df = pd.DataFrame(rows, columns=columns)
+    return typed(df.assign(**holm(df["p"])))
+
+
+def holm(p: pd.Series) -> dict:
+    """{"p_holm", "family"}: Holm-adjusted p-values (statsmodels' multipletests) over the
+    non-NaN entries of `p`, NaN elsewhere; family = how many p-values were adjusted together."""
+    tested = p.notna().to_numpy()
+    adjusted = np.full(len(p), math.nan)
+    if tested.any():
+        adjusted[tested] = multipletests(p[tested].to_numpy(float), method="holm")[1]
+    return {"p_holm": adjusted, "family": int(tested.sum())}
 
 
 def history_bands(histories: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
@@ -412,7 +378,7 @@ def write_study(out_dir: str | Path, study: str, tables: dict) -> None:
 
 
 WELCH_COLUMNS = ["cell", "compare", "level_a", "level_b", "metric", "n_a", "n_b", "mean_a"]
-WELCH_COLUMNS += ["mean_b", "diff", "t", "p", "note"]
+WELCH_COLUMNS += ["mean_b", "diff", "t", "p", "p_holm", "family", "note"]
 # Columns each table must have to be read back; a folder from an older version may lack some.
 TABLE_COLUMNS = {
     "runs": RUN_COLUMNS,

@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 PALETTE = "colorblind"  # seaborn's colour-blind-safe palette
 FIGSIZE = (6.4, 3.8)  # inches; the page scales the SVG to its column width
@@ -52,7 +53,9 @@ def line_bands(
 ) -> plt.Figure:
     """One line per `hue` level through (x, mean), shaded between lo and hi (a 95% CI band).
 
-    Columns: x, hue, mean, lo, hi. Rows with a NaN mean are gaps (a missing cell)."""
+    Columns: x, hue, mean, lo, hi, optional note. Rows with a NaN mean are gaps (a missing
+    cell). A non-empty `note` (survivorship: '1/2, 1 div.') is written at its point, or at the
+    bottom of the axes where the point has no mean."""
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=FIGSIZE)
     levels = list(dict.fromkeys(df[hue]))
     colors = _colors(levels)
@@ -61,6 +64,10 @@ def line_bands(
         d = df[df[hue] == level].sort_values(x)
         ax.plot(d[x], d["mean"], marker=next(markers), ms=4, color=colors[level], label=level)
         ax.fill_between(d[x], d["lo"], d["hi"], color=colors[level], alpha=0.2, lw=0)
+        if "note" in d:
+            _notes(ax, d[x], d["mean"], d["note"], colors[level])
+    if x == "epoch":  # whole epochs, not 1.25
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if logx2:
         ax.set_xscale("log", base=2)
         ticks = sorted(set(df[x].dropna()))
@@ -87,6 +94,9 @@ def bars_ci(df: pd.DataFrame, x: str, hue: str, xlabel: str, ylabel: str) -> plt
         pos = np.arange(len(xs)) + (j - (len(hues) - 1) / 2) * width
         ax.bar(pos, d["mean"], width, color=colors[level], label=str(level))
         ax.errorbar(pos, d["mean"], yerr=d["ci"], fmt="none", ecolor="0.15", capsize=3, lw=1)
+        if "note" in d:
+            top = d["mean"] + d["ci"].fillna(0)
+            _notes(ax, pos, top, d["note"].fillna(""), "0.15", rotation=90)
     ax.set_xticks(np.arange(len(xs)), [str(v) for v in xs])
     finite = df["mean"].dropna()
     if len(finite):  # zoom on the spread: accuracies of a few % apart are the point
@@ -99,6 +109,39 @@ def bars_ci(df: pd.DataFrame, x: str, hue: str, xlabel: str, ylabel: str) -> plt
     if hues:
         ax.legend(frameon=False, ncols=min(len(hues), 4))
     return fig
+
+
+def _notes(ax, xs, ys, notes, color, rotation: float = 0) -> None:
+    """Writes each non-empty note at (x, y); at the bottom of the axes where y is NaN (a cell
+    with no ok run has no point, but must still say what happened to its runs)."""
+    bottom = ax.get_xaxis_transform()  # x in data units, y in axes fraction
+    for x, y, text in zip(xs, ys, notes, strict=True):
+        if not isinstance(text, str) or not text:
+            continue
+        if np.isfinite(y):
+            ax.annotate(
+                text,
+                (x, y),
+                xytext=(0, 5),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                rotation=rotation,
+                fontsize="small",
+                color=color,
+            )
+        else:
+            ax.text(
+                x,
+                0.03,
+                text,
+                transform=bottom,
+                ha="center",
+                va="bottom",
+                rotation=rotation,
+                fontsize="small",
+                color=color,
+            )
 
 
 def heatmap(values: pd.DataFrame, labels: pd.DataFrame, xlabel: str, ylabel: str, cbar: str):

@@ -190,6 +190,44 @@ def test_welch_tests_against_formula():
     assert math.isnan(small["p"]) and "n<2" in small["note"] and small["n_b"] == 1
 
 
+def holm_by_hand(ps: list[float]) -> list[float]:
+    """Holm's step-down adjustment written out: sort ascending, multiply the i-th smallest
+    (0-based) by m - i, carry the running maximum, cap at 1; back in the original order."""
+    m = len(ps)
+    order = sorted(range(m), key=lambda i: ps[i])
+    out, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * ps[i]))
+        out[i] = running
+    return out
+
+
+def test_welch_p_values_are_holm_adjusted_over_the_study():
+    # Three norms at two batch sizes: 3 pairs per cell, one pair untestable (n < 2).
+    accs = {
+        ("bn", 4): [0.80, 0.82, 0.79, 0.81],
+        ("gn", 4): [0.90, 0.88, 0.91],
+        ("ln", 4): [0.85, 0.86, 0.83],
+        ("bn", 64): [0.91, 0.92, 0.925],
+        ("gn", 64): [0.90, 0.905, 0.91],
+        ("ln", 64): [0.89],
+    }
+    rows = []
+    for (norm, bs), xs in accs.items():
+        rows += _cell(norm, bs, [("ok", x) for x in xs], groups=8 if norm == "gn" else None)
+    w = aggregate.welch_tests(_runs(rows), AXES, compare="norm")
+
+    tested = w[w["p"].notna()]
+    assert len(w) == 6 and len(tested) == 4  # ln at batch 64 has one run: 2 pairs untested
+    expected = holm_by_hand(list(tested["p"]))
+    assert list(tested["p_holm"]) == pytest.approx(expected)
+    assert (tested["p_holm"] >= tested["p"]).all()
+    assert set(w["family"]) == {4}  # the whole study is one family
+    assert w.loc[w["p"].isna(), "p_holm"].isna().all()
+    # Smallest p times the family size (Holm's first step), when that stays below 1.
+    assert tested["p_holm"].min() == pytest.approx(min(1.0, 4 * tested["p"].min()))
+
+
 def test_history_bands_mean_and_ci():
     h = pd.DataFrame({"series": "x", "epoch": [1, 1, 1, 2], "train_loss": [1.0, 2.0, 3.0, 0.5]})
     b = aggregate.history_bands(h, ["series"], "train_loss").set_index("epoch")

@@ -2,6 +2,7 @@
 grid, a partial grid (missing and failed runs), a diverged cell and empty studies. Numbers are
 checked against mean ± CI computed here from the fixture, not by the code under test."""
 
+import html as html_lib
 import json
 import math
 import re
@@ -12,8 +13,11 @@ import pandas as pd
 import pytest
 
 import aggregate
+import catalog
 import grid
 import report
+import studies
+from studies import common
 
 FIXTURES = Path(__file__).parent / "fixtures" / "report"
 T975 = {1: 12.706205, 2: 4.302653, 3: 3.182446, 4: 2.776445}  # Student t 0.975 quantiles (table)
@@ -251,3 +255,206 @@ def test_load_study_ignores_tables_aggregated_for_another_grid(tmp_path):
     grown = report.load_study("s", meta, plan, tmp_path)  # a seed was added since
     assert "computed here from the run folders" in grown.source and len(grown.runs) == 3
     assert int(grown.summary["n"].iloc[0]) == 3
+
+
+# ---------------------------------------------------------------------------- issue 10
+
+
+def svg_texts(sec: str) -> list[str]:
+    """The text of every <text> element of the section's figures (matplotlib keeps text as
+    text: svg.fonttype none)."""
+    return [html_lib.unescape(t).strip() for t in re.findall(r"<text[^>]*>(.*?)</text>", sec, re.S)]
+
+
+def lost_runs_text(cell_runs: pd.DataFrame) -> str:
+    """'2/3, 1 div.' for a cell whose runs did not all finish ok; '' when all did."""
+    c = cell_runs["status"].value_counts()
+    ok, planned = int(c.get("ok", 0)), len(cell_runs)
+    if ok == planned:
+        return ""
+    words = {"diverged": "div.", "failed": "failed", "missing": "not run"}
+    return ", ".join([f"{ok}/{planned}"] + [f"{c[s]} {w}" for s, w in words.items() if c.get(s)])
+
+
+def test_figures_show_lost_runs_at_their_points():
+    runs = fixture_runs()
+    set_status(runs, "batch_sweep", ["resnet20-bn-bs2-s2"], "diverged")
+    set_status(runs, "norm_compare", ["resnet20-ln-bs4-s0"], "diverged")
+    set_status(runs, "norm_compare", ["resnet20-ln-bs4-s1"], "missing")
+    set_status(runs, "norm_compare", ["resnet20-gn-bs64-s2"], "failed", log_path="x.log")
+    set_status(runs, "nf_final", ["nf_resnet-none-bs64-s0"], "diverged")
+    html = report.render(fixture_studies(runs), {"scale": "full"})
+
+    cells = runs.assign(cell=runs["run_id"].str.replace(r"-s\d+$", "", regex=True))
+    for study in ("batch_sweep", "norm_compare", "nf_grid", "nf_final"):
+        texts = svg_texts(section(html, study))
+        lost = {
+            cell: lost_runs_text(block)
+            for cell, block in cells[cells["study"] == study].groupby("cell")
+        }
+        expected = sorted(t for t in lost.values() if t)
+        assert expected, study  # every study here lost runs somewhere
+        if study == "nf_final":  # curves: the series is named with it, in both panels' legends
+            assert [t for t in texts if "/" in t] == [f"no norm [{expected[0]}]"] * 2
+            continue
+        # One mark per cell that lost runs, and none for a cell that did not.
+        assert sorted(t for t in texts if re.fullmatch(r"\d+/\d+(, .*)?", t)) == expected, study
+    assert "0/3, 3 div." in svg_texts(section(html, "nf_grid"))  # lr 0.1: every seed diverged
+
+
+def test_group_settings_say_what_they_are_on_each_layer_width():
+    # ResNet-20's norm layers see 16, 32 and 64 channels (stem and stage 1, stage 2, stage 3).
+    assert catalog.norm_widths("resnet20") == [16, 32, 64]
+    cfg = {"model": "resnet20", "norm": "gn", "model_kw": {}}
+    text = common.per_width_text
+    assert text({**cfg, "norm_kw": {"groups": 16}}) == (
+        "1 / 2 / 4 channels per group on the 16 / 32 / 64-channel layers "
+        "(IN on the 16-channel layers)"
+    )
+    assert text({**cfg, "norm_kw": {"groups": 8}}) == (
+        "2 / 4 / 8 channels per group on the 16 / 32 / 64-channel layers"
+    )
+    assert text({**cfg, "norm_kw": {"groups": 1}}) == "LN on every layer"
+    assert text({**cfg, "norm_kw": {"channels_per_group": 1}}) == "IN on every layer"
+    assert text({**cfg, "norm_kw": {"channels_per_group": 4}}).startswith("4 / 4 / 4 channels")
+    # A run config's recorded groups win over a recomputation (what the run really used).
+    assert text({**cfg, "norm_kw": {}, "norm_groups": {"16": 16, "32": 32, "64": 32}}) == (
+        "1 / 1 / 2 channels per group on the 16 / 32 / 64-channel layers "
+        "(IN on the 16 / 32-channel layers)"
+    )
+
+
+def test_every_kind_is_one_module_and_every_grid_kind_has_one():
+    kinds = studies.kind_names()
+    assert set(kinds) == set(grid.STUDY_KINDS)
+    for kind in kinds:
+        assert callable(studies.builder(kind))
+    with pytest.raises(ValueError, match=r"unknown study kind 'nope'; allowed: batch_sweep"):
+        studies.builder("nope")
+
+
+def write_smoke_results(results: Path) -> dict[str, list[dict]]:
+    """Finished run folders for every run the smoke scale plans (no training): ok runs with a
+    history, and the NF-ResNet runs at lr >= 1 diverged, as the smoke preset makes them."""
+    params = grid.load_params(grid.REPO / "params.yaml", {"scale": "smoke"})
+    plan = {name: grid.study_runs(params, name) for name in grid.studies(params)}
+    head = "epoch\tlr\ttrain_loss\ttrain_acc\tval_loss\tval_acc\ttest_loss\ttest_acc\tseconds\n"
+    for cfgs in plan.values():
+        for i, c in enumerate(cfgs):
+            if c["model"] == "nf_resnet" and c["lr"] >= 1:
+                d = grid.run_dir(results, c)
+                d.mkdir(parents=True)
+                m = {"status": "diverged", "config_hash": c["config_hash"], "diverged_epoch": 1}
+                m.update(test_acc=0.1, val_acc=0.1, best_val_acc=0.1, wall_s=1.0, device="cpu")
+                (d / "metrics.json").write_text(json.dumps(m))
+                continue
+            acc = 0.6 + 0.01 * (i % 5)
+            d = write_ok_run(results, c, test_acc=acc, train_loss=0.9)
+            lines = [
+                f"{e}\t{c['lr']}\t{2.0 / e}\t{acc}\t1.0\t{acc}\t1.0\t{acc}\t1.0\n"
+                for e in range(1, c["epochs"] + 1)
+            ]
+            (d / "history.tsv").write_text(head + "".join(lines))
+    return plan
+
+
+def strip_published(page: str) -> str:
+    """The page without what is about a published source (class ref): tables, headers,
+    cells and notes of published numbers."""
+    page = re.sub(r'<table class="ref">.*?</table>', "", page, flags=re.S)
+    page = re.sub(r'<th class="[^"]*\bref\b[^"]*"[^>]*>.*?</th>', "", page, flags=re.S)
+    page = re.sub(r'<td class="[^"]*\bref\b[^"]*"[^>]*>.*?</td>', "", page, flags=re.S)
+    return re.sub(r'<p class="note ref">.*?</p>', "", page, flags=re.S)
+
+
+@pytest.fixture(scope="module")
+def smoke_report(tmp_path_factory) -> tuple[str, dict]:
+    root = tmp_path_factory.mktemp("smoke-report")
+    plan = write_smoke_results(root / "results")
+    out = root / "reports" / "index.html"
+    args = ["--params", str(grid.REPO / "params.yaml"), "--config", "scale=smoke"]
+    assert report.main([*args, "--results", str(root / "results"), "--out", str(out)]) == 0
+    return out.read_text(), plan
+
+
+def test_smoke_captions_name_what_ran_and_never_cifar10(smoke_report):
+    page, plan = smoke_report
+    for study, cfgs in plan.items():
+        sec = section(page, study)
+        epochs = sorted({c["epochs"] for c in cfgs})
+        batches = ", ".join(str(b) for b in sorted({c["batch_size"] for c in cfgs}))
+        assert {c["data"]["name"] for c in cfgs} == {"fashion-mnist"}
+        ours = strip_published(sec)
+        captions = re.findall(r"<(?:fig)?caption>(.*?)</(?:fig)?caption>", ours, re.S)
+        assert len(captions) >= 2, study  # its own table(s) / figure and the cells table
+        for cap in captions:
+            cap = html_lib.unescape(cap)
+            assert "Fashion-MNIST" in cap, (study, cap)
+            assert f"{', '.join(map(str, epochs))} epochs" in cap, (study, cap)
+            assert f"batch {batches}" in cap, (study, cap)
+        assert "CIFAR-10" not in ours, study
+        # Every published column, and every table of published numbers, says it is not
+        # comparable at this scale.
+        labels = re.findall(r'<th class="[^"]*\bref\b[^"]*"[^>]*>(.*?)</th>', sec, re.S)
+        labels += re.findall(r'<table class="ref">\s*<caption>(.*?)</caption>', sec, re.S)
+        for label in labels:
+            assert "(not comparable)" in label, study
+        for ref_note in re.findall(r'<p class="note ref">(.*?)</p>', sec, re.S):
+            assert (
+                "Not comparable with ours here: smoke scale, ours ran on Fashion-MNIST" in ref_note
+            )
+    assert "CIFAR-10" not in strip_published(page.split("<main>")[0])  # nor the header
+
+
+def test_smoke_report_marks_the_diverged_nf_cell_and_adjusts_p_values(smoke_report):
+    page, plan = smoke_report
+    lr10 = [c for c in plan["nf_grid"] if c["lr"] >= 1]
+    texts = svg_texts(section(page, "nf_grid"))
+    assert lr10 and f"0/{len(lr10)}, {len(lr10)} div." in texts
+    # norm_compare: one Welch test per pair of its norms (each with 2 ok seeds), one family.
+    norms = {(c["norm"], c["norm_kw"].get("groups")) for c in plan["norm_compare"]}
+    batches = {c["batch_size"] for c in plan["norm_compare"]}
+    family = len(batches) * len(norms) * (len(norms) - 1) // 2
+    sec = html_lib.unescape(section(page, "norm_compare"))
+    assert f"this study's {family} tests" in sec and "p, Holm-adjusted" in sec
+
+
+def test_project_choices_and_expected_gaps_are_stated_beside_the_numbers(smoke_report):
+    page, plan = smoke_report
+    nf = html_lib.unescape(section(page, "nf_grid"))
+    optim = plan["nf_grid"][0]["optim"]
+    assert f"Nesterov {'on' if optim['nesterov'] else 'off'} (seed 002 silent" in nf
+    assert f"weight decay {optim['weight_decay']:g} (seed 002 silent" in nf
+    assert f"schedule {optim['schedule']} (seed 002 silent" in nf
+    table2 = html_lib.unescape(section(page, "wrn_table"))
+    assert "3–5 points below the original papers" in table2
+    assert "1x1 projections" in html_lib.unescape(section(page, "batch_sweep"))
+    sweep = html_lib.unescape(section(page, "batch_sweep"))
+    assert "BeFranke/GroupNorm" in sweep and ">19.70</td>" in sweep  # second anchor, Figure 1
+
+
+def test_smoke_report_says_what_gn_was_on_each_layer_width(smoke_report):
+    page, plan = smoke_report
+    gn = next(c for c in plan["batch_sweep"] if c["norm"] == "gn")
+    widths = catalog.norm_widths(gn["model"], **gn["model_kw"])
+    g = gn["norm_kw"]["groups"]
+    per_group = " / ".join(str(w // g) for w in widths)
+    expected = (
+        f"GN (G={g}): {per_group} channels per group on the "
+        f"{' / '.join(map(str, widths))}-channel layers"
+    )
+    for study in ("batch_sweep", "norm_compare"):
+        assert expected in html_lib.unescape(section(page, study)), study
+
+
+def test_every_published_column_has_its_source_and_expectation_beside_it(full_html):
+    for study in ("wrn_table", "batch_sweep", "group_sweep", "norm_compare", "nf_grid", "nf_final"):
+        sec = html_lib.unescape(section(full_html, study))
+        assert re.search(r'class="[^"]*\bref\b', sec), study  # it prints published numbers
+        notes = re.findall(r'<p class="note ref">(.*?)</p>', sec, re.S)
+        assert len(notes) == 1 and "Published: " in notes[0], study
+        assert "Expected of a faithful rerun: " in notes[0], study
+    # At full scale on CIFAR-10 the seeds' CIFAR-10 columns are comparable, ImageNet ones never.
+    table2 = section(full_html, "wrn_table")
+    assert "Seed 000</th>" in table2 and "(not comparable)" not in table2
+    assert "(not comparable)" in section(full_html, "group_sweep")

@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_report import fixture_studies, partial_runs
+from test_report import fixture_studies, partial_runs, write_smoke_results
 
+import grid
 import report
 
 CHROMIUM = shutil.which("chromium") or (
@@ -216,3 +217,42 @@ def assert_renders_cleanly(browser, page: Path, n_sections: int, png_out: Path) 
         assert f["caption"].strip(), f
     assert probe["page_w"] <= probe["view_w"], "the page scrolls sideways on a laptop screen"
     assert png.startswith(b"\x89PNG") and len(png) > 50_000
+
+
+# Every survivorship mark ('1/2, 1 div.') drawn in a study's figures, with its box on the page
+# and the box of the SVG it belongs to.
+MARKS = """JSON.stringify([...document.querySelectorAll('section#STUDY figure svg text')]
+  .filter(t => /^\\d+\\/\\d+, /.test(t.textContent.trim()))
+  .map(t => {
+    const r = t.getBoundingClientRect(), s = t.closest('svg').getBoundingClientRect();
+    return {text: t.textContent.trim(), x: r.x, y: r.y, w: r.width, h: r.height,
+            sx: s.x, sy: s.y, sw: s.width, sh: s.height};
+  }))"""
+
+
+def survivorship_marks(browser, session: str, study: str) -> list[dict]:
+    """The survivorship marks Chromium rendered in `study`'s figures; asserts each is visible
+    (a non-zero box inside its figure's SVG). For the smoke report of test_pipeline too."""
+    marks = json.loads(browser.evaluate(MARKS.replace("STUDY", study), session))
+    for m in marks:
+        assert m["w"] > 0 and m["h"] > 0, m
+        assert m["sx"] - 1 <= m["x"] and m["x"] + m["w"] <= m["sx"] + m["sw"] + 1, m
+        assert m["sy"] - 1 <= m["y"] and m["y"] + m["h"] <= m["sy"] + m["sh"] + 1, m
+    return marks
+
+
+def test_smoke_report_shows_the_diverged_nf_cell_in_the_figure(browser, tmp_path):
+    plan = write_smoke_results(tmp_path / "results")
+    page = tmp_path / "reports" / "index.html"
+    args = ["--params", str(grid.REPO / "params.yaml"), "--config", "scale=smoke"]
+    assert report.main([*args, "--results", str(tmp_path / "results"), "--out", str(page)]) == 0
+
+    assert_renders_cleanly(browser, page, len(plan), tmp_path / "smoke-report.png")
+    session = browser.open(page.as_uri())
+    lr10 = [c for c in plan["nf_grid"] if c["lr"] >= 1]  # the smoke preset's diverging cell
+    marks = survivorship_marks(browser, session, "nf_grid")
+    assert [m["text"] for m in marks] == [f"0/{len(lr10)}, {len(lr10)} div."]
+    # No other study lost runs here, so no other figure carries a mark.
+    for study in plan:
+        if study != "nf_grid":
+            assert survivorship_marks(browser, session, study) == [], study

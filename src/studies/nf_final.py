@@ -1,0 +1,52 @@
+"""Seed 002's final NF-ResNet run (lr 0.01, batch 64, 200 epochs): test and best validation
+accuracy, and the training curves."""
+
+from __future__ import annotations
+
+import plots
+from studies.common import (
+    StudyData,
+    choices_note,
+    curve_bands,
+    figure_if,
+    no_curve_text,
+    ran,
+    ref_label,
+    ref_num,
+    reference_note,
+    stat_cell,
+    table,
+)
+from studies.nf_grid import CHOICES
+
+SOURCE = "seed 002 (NF-ResNet, Potala): final run, CIFAR-10"
+PUBLISHED = {"lr": 0.01, "batch_size": 64, "epochs": 200, "test_acc": 89.28, "best_val_acc": 89.78}
+EXPECTED = "89.28 % test accuracy (best validation 89.78 %) after 200 epochs at lr 0.01, batch 64."
+
+
+def build(sd: StudyData) -> list[dict]:
+    pub = PUBLISHED
+    body = []
+    for _, r in sd.summary.iterrows():
+        setting = f"lr {r['lr']:g}, batch {r['batch_size']}"
+        for label, metric in (
+            ("test accuracy %", "test_acc"),
+            ("best val accuracy %", "best_val_acc"),
+        ):
+            body.append([setting, label, stat_cell(r, metric), ref_num(pub[metric])])
+    cols = [("Our run", False), ("Metric", False), ("Ours", True)]
+    seed = f"Seed 002 (lr {pub['lr']:g}, batch {pub['batch_size']}, {pub['epochs']} epochs)"
+    cols += [(ref_label(seed, sd), True, "ref")]
+    loss, acc = curve_bands(sd, "train_loss"), curve_bands(sd, "val_acc", 100.0)
+    panels = [(loss, "training loss"), (acc, "validation accuracy (%)")]
+    caption = (
+        f"Ours ({ran(sd)}): training loss and validation accuracy vs epoch, mean over seeds, "
+        "shaded 95% CI (a series whose runs did not all finish is named with n/planned)."
+        + no_curve_text(sd)
+    )
+    return [
+        table(f"Final run, ours ({ran(sd)}): mean ± 95% CI (n).", cols, body),
+        reference_note(SOURCE, EXPECTED, sd),
+        choices_note(sd, CHOICES),
+        figure_if(not loss.empty, caption, plots.curves, panels, "series"),
+    ]
