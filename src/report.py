@@ -22,6 +22,7 @@ import hashlib
 import json
 import sys
 import tempfile
+from html import escape as html_escape
 from pathlib import Path
 
 import jinja2
@@ -294,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
         "in memory (never reading or writing the grid's summaries, never taking its lock), with "
         "a banner saying it is interim and the running runs' last epochs",
     )
+    ap.add_argument(
+        "--figures", metavar="DIR", help="also write every figure as DIR/<study>-<k>.svg"
+    )
     args, params = aggregate.cli_params(ap, argv)
     with tempfile.TemporaryDirectory() as nothing:  # --interim: no aggregate folder to trust
         studies = [
@@ -308,7 +312,29 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(out.parent / "summary.csv", all_cells(studies).to_csv(index=False))
     atomic_write_text(out, html)
     print(out)
+    if args.figures:
+        for path in write_figures(studies, params, Path(args.figures)):
+            print(path)
     return 0
+
+
+def write_figures(studies: list[StudyData], params: dict, folder: Path) -> list[Path]:
+    """Every figure of the report as its own SVG file, FOLDER/<study>-<k>.svg (k from 1), with
+    its caption in the file's <title>: what the README shows (docs/laptop/)."""
+    scale = str(params.get("scale", "full"))
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for sd in studies:
+        figures = [b for b in study_view(dataclasses.replace(sd, scale=scale))["blocks"]
+                   if b.get("type") == "figure"]  # fmt: skip
+        for k, block in enumerate(figures, start=1):
+            svg = str(block["svg"])
+            title = f"<title>{html_escape(str(block['caption']))}</title>"
+            svg = svg.replace(">", ">" + title, 1) if svg.lstrip().startswith("<svg") else svg
+            path = folder / f"{sd.name}-{k}.svg"
+            atomic_write_text(path, svg)
+            written.append(path)
+    return written
 
 
 if __name__ == "__main__":
