@@ -211,6 +211,55 @@ def _distinct(runs: pd.DataFrame, col: str) -> str:
     return ", ".join(vals) or "—"
 
 
+def _trim_text(key: str, value) -> str:
+    if key == "variants":  # [{model, norm, norm_kw}] -> "resnet20 bn, resnet20 gn (groups 8)"
+        return ", ".join(
+            f"{v['model']} {v['norm']}"
+            + "".join(f" ({k} {x})" for k, x in v.get("norm_kw", {}).items())
+            for v in value
+        )
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def preset_choices(params: dict) -> list[str]:
+    """What the scale's preset (smoke, laptop) changes from the seeds' recipes, one line each:
+    the choices a budget forced, printed in the header so no number is read without them."""
+    preset = (
+        params.get(params.get("scale"), {}) if params.get("scale") in grid.PRESET_SCALES else {}
+    )
+    lines = []
+    data = preset.get("data", {})
+    if data:
+        held = (
+            f", {data['val_size']:,} of them held out for validation"
+            if data.get("val_size")
+            else ""
+        )
+        subset = data.get("train_subset")
+        drawn = f"a class-balanced subset of {subset:,} training images{held}" if subset else ""
+        test = data.get("test_subset")
+        lines.append(
+            f"data: {data.get('name', params['data']['name'])}"
+            + (f", {drawn}" if drawn else "")
+            + (f", test subset {test:,}" if test else ", the whole test set")
+        )
+    if "epochs" in preset:
+        lines.append(f"epochs: {preset['epochs']} for every study (lr milestones scaled with them)")
+    if "n_seeds" in preset:
+        lines.append(f"seeds: at most {preset['n_seeds']} per cell")
+    for model, kw in preset.get("model_kw", {}).items():
+        lines.append(f"model {model} built with {', '.join(f'{k}={v}' for k, v in kw.items())}")
+    for name, trims in preset.get("studies", {}).items():
+        if trims.get("enabled") is False:
+            lines.append(f"study {name}: off at this scale")
+        else:
+            keys = ", ".join(
+                f"{k} = {_trim_text(k, v)}" for k, v in trims.items() if k != "enabled"
+            )
+            lines.append(f"study {name}: {keys}")
+    return lines
+
+
 def header_view(studies: list[StudyData], params: dict | None, prov: dict) -> dict:
     runs = (
         pd.concat([sd.runs for sd in studies], ignore_index=True)
@@ -232,6 +281,7 @@ def header_view(studies: list[StudyData], params: dict | None, prov: dict) -> di
     )
     return {
         "scale": (params or {}).get("scale", "—"),
+        "preset": preset_choices(params or {}),
         "datasets": _distinct(runs, "dataset"),
         "n_studies": len(studies),
         "counts": counts,

@@ -458,3 +458,26 @@ def test_every_published_column_has_its_source_and_expectation_beside_it(full_ht
     table2 = section(full_html, "wrn_table")
     assert "Seed 000</th>" in table2 and "(not comparable)" not in table2
     assert "(not comparable)" in section(full_html, "group_sweep")
+
+
+@pytest.mark.parametrize("scale", ["laptop", "smoke"])
+def test_header_prints_every_choice_the_scale_preset_makes(scale):
+    """Issue 11: where a budget forces a choice, the report's header says so. The expectations
+    are read from params.yaml's raw preset section here, not from report.py."""
+    import yaml
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    preset = raw[scale]
+    page = html_lib.unescape(report.render([], grid.load_params(overrides={"scale": scale})))
+    assert f"{scale} preset" in page
+    assert f"{preset['data']['train_subset']:,} training images" in page
+    assert f"epochs: {preset['epochs']} for every study" in page
+    assert f"at most {preset['n_seeds']} per cell" in page
+    for name, trims in preset["studies"].items():
+        if trims.get("enabled") is False:
+            assert f"study {name}: off at this scale" in page
+        else:
+            assert f"study {name}: " in page
+    for model, kw in preset["model_kw"].items():
+        assert f"model {model} built with " + ", ".join(f"{k}={v}" for k, v in kw.items()) in page
+    assert "preset" not in html_lib.unescape(report.render([], grid.load_params()))
