@@ -1,8 +1,10 @@
 # Parse time: validate params (schema + catalog), expand the grid, sync the run configs.
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+import gpu_slots  # noqa: E402
 import grid  # noqa: E402
 
 
@@ -27,6 +29,17 @@ DEVICE = config.get("device", "auto")
 # machine `--resources gpu=1` does not serialize the grid. The SLURM profile sets gpu=1 itself.
 HAS_GPU = grid.gpu_visible()
 GPU_PER_JOB = 1 if HAS_GPU and DEVICE != "cpu" else 0
+# Each train job holds a GPU of its own (src/gpu_slots.py), so `--resources gpu=N` must not
+# promise more GPUs than the machine shows: refused here, before any job starts. Under Slurm
+# (SLURM_JOB_ID) the GPUs are Slurm's to give.
+if workflow.is_main_process and not os.environ.get("SLURM_JOB_ID"):
+    try:
+        gpu_slots.check_request(
+            gpu_slots.resource_value(workflow.global_resources.get("gpu")),
+            len(gpu_slots.usable_gpus()),
+        )
+    except ValueError as err:
+        raise WorkflowError(str(err)) from None
 
 
 def run_metrics(study):

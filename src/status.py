@@ -1,0 +1,339 @@
+"""Where a grid stands while it runs: per study planned / ok / running / diverged / failed /
+missing, the epoch each running run is at, the wall time so far and an ETA.
+
+    python src/status.py [--params params.yaml] [--config scale=smoke] [--results results] [--json]
+    make status [SCALE=smoke]
+
+Read-only and lock-free: it reads each planned run's folder (src/run_status.py: a run is
+`running` while its trainer holds the run's lock), never Snakemake's lock or metadata, so it is
+safe from any terminal while a grid runs. Standard library + src/grid.py only (no torch, pandas,
+scipy): under 2 s on the full grid.
+
+ETA: the single-job seconds left, summed over unfinished runs, divided by how many jobs have been
+running side by side lately. A run's seconds per epoch are the median `seconds` of history.tsv
+(its own epochs; else those of its cell — same config but the seed —, of runs of the same model,
+width, batch size and data, of the same model, or of every run, in that order), plus a per-run
+start-up time (interpreter, data, model: process start to end minus its epochs, median over
+finished runs). A failed run resumes from its last checkpoint; a stale one starts over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import grid
+import run_status
+
+COLUMNS = ("planned", "ok", "running", "diverged", "failed", "missing", "stale", "unreadable")
+FINISHED = ("ok", "diverged")
+WINDOW_S = 600.0  # how far back "lately" goes for the jobs-side-by-side estimate
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def read_run(results: Path, cfg: dict) -> dict:
+    """One planned run: its state and the times the cost model needs (Unix seconds)."""
+    rdir = grid.run_dir(results, cfg)
+    state = run_status.read_state(rdir, cfg.get("config_hash"))
+    status = state["status"]
+    history = state["history"] if state["history"] is not None else run_status.read_history(rdir)
+    if status == "stale":
+        history = []  # another config's epochs: it starts over, and they measure another run
+    info = state["holder"] or _lock_info(rdir)
+    seconds = [r["seconds"] for r in history if r.get("seconds", float("nan")) >= 0]
+    wall = (state["metrics"] or {}).get("wall_s")
+    return {
+        "study": cfg["study"],
+        "run_id": cfg["run_id"],
+        "cfg": cfg,
+        "status": status,
+        "epochs": int(cfg["epochs"]),
+        "done": history[-1]["epoch"] if history else 0,
+        "last": history[-1] if history else None,
+        "seconds": seconds,
+        "started": info.get("started") if isinstance(info.get("started"), int | float) else None,
+        "pid": (state["holder"] or {}).get("pid"),
+        "ended": _mtime(rdir / "metrics.json") if status in FINISHED else None,
+        "progress_at": _mtime(rdir / "history.tsv"),  # the last epoch's end
+        "wall_s": wall if isinstance(wall, int | float) else None,
+    }
+
+
+def _lock_info(rdir: Path) -> dict:
+    try:
+        info = json.loads((rdir / run_status.LOCK_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+# ---------------------------------------------------------------------------- cost model
+
+
+def _keys(cfg: dict) -> list[str]:
+    """From the most to the least specific group of runs whose epochs cost about the same."""
+    data = cfg.get("data") or {}
+    cell = {k: v for k, v in cfg.items() if k not in ("seed", "run_id", "config_hash")}
+    shape = [cfg.get("model"), cfg.get("model_kw"), cfg.get("batch_size")]
+    shape += [data.get("name"), data.get("train_subset"), data.get("image_size")]
+    return [
+        "cell:" + json.dumps(cell, sort_keys=True, default=str),
+        "shape:" + json.dumps(shape, sort_keys=True, default=str),
+        "model:" + json.dumps([cfg.get("model"), cfg.get("model_kw")], sort_keys=True),
+        "all",
+    ]
+
+
+def seconds_per_epoch(runs: list[dict]) -> dict[str, float]:
+    """run key -> estimated seconds per epoch (absent: nothing measured anywhere)."""
+    samples: dict[str, list[float]] = {}
+    for r in runs:
+        if r["seconds"]:
+            own = statistics.median(r["seconds"])
+            for key in _keys(r["cfg"]):
+                samples.setdefault(key, []).append(own)
+    out = {}
+    for r in runs:
+        if r["seconds"]:
+            out[r["run_id"] + "@" + r["study"]] = statistics.median(r["seconds"])
+            continue
+        for key in _keys(r["cfg"]):
+            if key in samples:
+                out[r["run_id"] + "@" + r["study"]] = statistics.median(samples[key])
+                break
+    return out
+
+
+def startup_seconds(runs: list[dict]) -> float:
+    """Median (end - process start - its epochs' seconds) over finished runs; 0 if none."""
+    gaps = [
+        max(0.0, r["ended"] - r["started"] - sum(r["seconds"]))
+        for r in runs
+        if r["status"] in FINISHED and r["ended"] and r["started"] and r["seconds"]
+    ]
+    return statistics.median(gaps) if gaps else 0.0
+
+
+def side_by_side(runs: list[dict], now: float) -> float:
+    """Jobs running at once lately: the runs' alive time within the last WINDOW_S (or since the
+    first start, if later) divided by that window; at least 1, and at least the live count."""
+    spans = []
+    for r in runs:
+        end = now if r["status"] == "running" else r["ended"]
+        if r["started"] and end and end > r["started"]:
+            spans.append((r["started"], end))
+    n_live = sum(r["status"] == "running" for r in runs)
+    if not spans:
+        return float(max(1, n_live))
+    lo = max(now - WINDOW_S, min(s for s, _ in spans))
+    if now - lo < 1.0:
+        return float(max(1, n_live))
+    alive = sum(max(0.0, min(e, now) - max(s, lo)) for s, e in spans)
+    return max(1.0, float(n_live), alive / (now - lo))
+
+
+def seconds_left(r: dict, spe: float | None, startup: float, now: float) -> float | None:
+    """Single-job seconds this run still needs (None: nothing measured to tell)."""
+    if r["status"] in FINISHED:
+        return 0.0
+    if spe is None:
+        return None
+    left = (r["epochs"] - r["done"]) * spe
+    if r["status"] != "running":
+        return startup + left
+    if r["done"] and r["progress_at"]:  # into its next epoch since the last one ended
+        return max(0.0, left - (now - r["progress_at"]))
+    since = now - r["started"] if r["started"] else 0.0
+    return max(0.0, startup + left - since)
+
+
+# ---------------------------------------------------------------------------- the summary
+
+
+def grid_status(params: dict, results: str | Path, now: float | None = None) -> dict:
+    """Everything `status` prints, as a dict (also --json)."""
+    results = Path(results)
+    now = time.time() if now is None else now
+    runs = [
+        read_run(results, cfg)
+        for name in grid.studies(params)
+        for cfg in grid.study_runs(params, name)
+    ]
+    spe = seconds_per_epoch(runs)
+    startup = startup_seconds(runs)
+    studies: dict[str, dict] = {}
+    unknown = 0
+    total_left = 0.0
+    for r in runs:
+        s = studies.setdefault(r["study"], {c: 0 for c in COLUMNS} | {"wall_s": 0.0})
+        s["planned"] += 1
+        s[r["status"]] += 1
+        if r["status"] in FINISHED and r["wall_s"] is not None:
+            s["wall_s"] += r["wall_s"]
+        elif r["status"] == "running" and r["started"]:
+            s["wall_s"] += max(0.0, now - r["started"])
+        left = seconds_left(r, spe.get(r["run_id"] + "@" + r["study"]), startup, now)
+        s["work_left_s"] = s.get("work_left_s", 0.0) + (left or 0.0)
+        unknown += left is None
+        total_left += left or 0.0
+    parallel = side_by_side(runs, now)
+    starts = [r["started"] for r in runs if r["started"]]
+    running = [
+        {
+            "study": r["study"],
+            "run_id": r["run_id"],
+            "epochs_done": r["done"],
+            "epochs": r["epochs"],
+            "pid": r["pid"],
+            "last": r["last"],
+            "running_s": now - r["started"] if r["started"] else None,
+        }
+        for r in runs
+        if r["status"] == "running"
+    ]
+    total = {c: sum(s[c] for s in studies.values()) for c in COLUMNS}
+    total["wall_s"] = sum(s["wall_s"] for s in studies.values())
+    total["work_left_s"] = total_left
+    return {
+        "scale": params.get("scale"),
+        "results": str(results),
+        "now": now,
+        "studies": studies,
+        "total": total,
+        "running": running,
+        "elapsed_s": now - min(starts) if starts else None,
+        "parallel": parallel,
+        "startup_s": startup,
+        "eta_s": None if unknown else total_left / parallel,
+        "unmeasured_runs": unknown,
+    }
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    if s < 86400:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
+def render_text(st: dict) -> str:
+    head = f"{'study':<16}" + "".join(f"{c:>11}" for c in COLUMNS) + f"{'wall so far':>14}"
+    lines = [f"normrepro grid, scale {st['scale']}, results in {st['results']}/", "", head]
+    for name, s in [*st["studies"].items(), ("total", st["total"])]:
+        if name == "total":
+            lines.append("-" * len(head))
+        row = f"{name:<16}" + "".join(f"{s[c]:>11}" for c in COLUMNS)
+        lines.append(row + f"{duration(s['wall_s']):>14}")
+    if st["running"]:
+        lines += ["", "running:"]
+        for r in st["running"]:
+            last = r["last"] or {}
+            nums = ""
+            if last:
+                nums = f" | train loss {last.get('train_loss', float('nan')):.4f}"
+                nums += f", val acc {100 * last.get('val_acc', float('nan')):.2f}%"
+            lines.append(
+                f"  {r['study']}/{r['run_id']}: epoch {r['epochs_done']}/{r['epochs']} done"
+                f" (pid {r['pid']}, {duration(r['running_s'])}){nums}"
+            )
+    lines.append("")
+    lines.append(f"wall time so far: {duration(st['elapsed_s'])} since the first run started; "
+                 f"{duration(st['total']['wall_s'])} of compute (finished runs + running ones)")  # fmt: skip
+    left = st["total"]["planned"] - st["total"]["ok"] - st["total"]["diverged"]
+    if st["total"]["missing"] == st["total"]["planned"]:
+        lines.append(
+            f"(no run of the {st['scale']} grid has started under {st['results']}/runs: if the "
+            "grid was started with --config scale=smoke, run: make status SCALE=smoke)"
+        )
+    if left == 0:
+        lines.append("ETA: done: every planned run has finished")
+    elif st["eta_s"] is None:
+        lines.append(
+            f"ETA: unknown until an epoch has been measured "
+            f"({st['unmeasured_runs']} runs without a measured epoch like theirs)"
+        )
+    else:
+        idle = "" if st["total"]["running"] else "; no run is running now (grid stopped?)"
+        lines.append(
+            f"ETA: {duration(st['eta_s'])} for the {left} unfinished runs "
+            f"({duration(st['total']['work_left_s'])} of single-job work at the measured "
+            f"seconds per epoch, {st['parallel']:.1f} jobs side by side{idle})"
+        )
+    return "\n".join(lines)
+
+
+def _pct(x) -> str:
+    return f"{100 * x:.2f}" if isinstance(x, int | float) and x == x else "—"
+
+
+def interim_view(st: dict) -> dict | None:
+    """The interim report's banner (src/report.py --interim), every value already text; None
+    when every planned run has finished (the report is then final)."""
+    t = st["total"]
+    finished = t["ok"] + t["diverged"]
+    if finished == t["planned"]:
+        return None
+    rendered = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(st["now"]))
+    running = []
+    for r in st["running"]:
+        last = r["last"] or {}
+        loss = last.get("train_loss")
+        running.append(
+            {
+                "run": f"{r['study']}/{r['run_id']}",
+                "epoch": f"{r['epochs_done']}/{r['epochs']}",
+                "train_loss": f"{loss:.4f}" if isinstance(loss, float) and loss == loss else "—",
+                "val_acc": _pct(last.get("val_acc")),
+                "test_acc": _pct(last.get("test_acc")),
+                "running_for": duration(r["running_s"]),
+            }
+        )
+    eta = "unknown" if st["eta_s"] is None else duration(st["eta_s"])
+    return {
+        "rendered": rendered,
+        "finished": f"{finished} of {t['planned']}",
+        "counts": ", ".join(f"{t[c]} {c}" for c in COLUMNS[1:] if t[c]),
+        "eta": eta if t["running"] else f"{eta} once the grid runs again (no run is running now)",
+        "running": running,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--config", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                    help="params.yaml overrides, as given to snakemake (e.g. scale=smoke)")  # fmt: skip
+    ap.add_argument("--results", default="results", help="results root (holds runs/)")
+    ap.add_argument("--json", action="store_true", help="print the status as JSON")
+    args = ap.parse_args(argv)
+    try:
+        params = grid.load_params(args.params, grid.parse_overrides(args.config))
+    except grid.ParamsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    st = grid_status(params, args.results)
+    print(json.dumps(st, indent=1, default=str) if args.json else render_text(st))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
