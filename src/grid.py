@@ -138,11 +138,13 @@ def load_params(path: str | Path = REPO / "params.yaml", overrides: dict | None 
     """Read, override, validate, and apply the scale preset: the effective parameters."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        # JSON (Snakemake's effective params) by its own parser: YAML 1.1 reads 5e-05 as a string
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except FileNotFoundError:
         raise ParamsError(f"{path}: no such file (run from the repository root)") from None
-    except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    except (yaml.YAMLError, json.JSONDecodeError) as err:
+        raise ParamsError(f"{path}: not valid YAML or JSON: {err}") from None
     return resolve_params(deep_merge(raw or {}, overrides or {}))
 
 
@@ -274,6 +276,7 @@ def study_runs(params: dict, name: str) -> list[dict]:
     data = deep_merge(deep_merge(params["data"], study.get("data", {})), smoke.get("data", {}))
     runtime = deep_merge(params.get("runtime", {}), smoke.get("runtime", {}))
     eval_batch_size = runtime.pop("eval_batch_size", 1000)
+    runtime.pop("pack", None)  # how runs are grouped into jobs (plan_packs), not a run's identity
     n_seeds = min(study["n_seeds"], smoke.get("n_seeds", study["n_seeds"]))
     base_lr = study.get("lr", recipe["lr"])
     lrs = study.get("lrs", [base_lr])
@@ -396,11 +399,78 @@ def sync_run_configs(runs: list[dict], results_root: str | Path = "results") -> 
     return paths
 
 
+def write_effective_params(config: dict, path: str | Path) -> None:
+    """The params a Snakemake invocation plans with (its merged `config`) as JSON, for the
+    aggregate and report jobs; rewritten only when its content changes."""
+    path = Path(path)
+    text = json.dumps(config, indent=1, sort_keys=True, default=str) + "\n"
+    if not path.is_file() or path.read_text() != text:
+        atomic_write_text(path, text)
+
+
 def gpu_visible() -> bool:
     """Whether this machine shows an NVIDIA GPU, without importing torch (parse time)."""
     import shutil
 
     return Path("/dev/nvidia0").exists() or shutil.which("nvidia-smi") is not None
+
+
+# ---------------------------------------------------------------- packs (runtime.pack)
+
+# What the runs of one cell differ in: a cell's runs can be trained together as one fused
+# model (src/packing.py, src/train.py), each exactly the run it would be alone.
+PER_RUN_KEYS = ("seed", "run_id", "config_hash")
+# runtime.pack: auto packs a cell's runs only where benchmarks/pack_throughput.py measured
+# packing faster on that device type: batch sizes up to max_batch, at most `size` runs a pack.
+# CPU (2 cores, fp32, ResNet-20 BN/GN): 1.8-2.0x at batch 2, 1.2-1.4x at batch 8, < 1x from 32.
+# CUDA: not measured yet, so auto does not pack there (an integer runtime.pack does).
+AUTO_PACK = {"cpu": {"max_batch": 8, "size": 5}, "cuda": {"max_batch": 0, "size": 1}}
+
+
+def cell_difference(a: dict, b: dict) -> str | None:
+    """The first key (sorted) in which run configs a and b differ beyond PER_RUN_KEYS; None
+    when they are runs of one cell."""
+    for key in sorted(set(a) | set(b)):
+        if key not in PER_RUN_KEYS and a.get(key) != b.get(key):
+            return key
+    return None
+
+
+def cell_key(cfg: dict) -> str:
+    return json.dumps({k: v for k, v in cfg.items() if k not in PER_RUN_KEYS}, sort_keys=True)
+
+
+def pack_setting(params: dict):
+    """runtime.pack of the effective params (the scale preset's runtime on top): off by default."""
+    runtime = deep_merge(params.get("runtime", {}), _preset(params).get("runtime", {}))
+    return runtime.get("pack", "off")
+
+
+def pack_size(setting, batch_size: int, device_type: str) -> int:
+    """Runs per pack: runtime.pack `off` (or false) -> 1, an integer K -> K, `auto` -> AUTO_PACK."""
+    if setting == "auto":
+        policy = AUTO_PACK[device_type]
+        return policy["size"] if batch_size <= policy["max_batch"] else 1
+    if setting in ("off", False, None):
+        return 1
+    return int(setting)
+
+
+def plan_packs(runs: list[dict], results_root: str | Path, setting, device_type: str):
+    """The unfinished runs (finished_hash is not theirs) grouped into packs: runs of one cell,
+    in grid order (seeds ascending), in chunks of pack_size. Finished runs are in no pack, so
+    adding a seed packs only the new runs. A pack that finishes leaves the other packs of its
+    cell as they were (only the last chunk is short), so a job re-planned later (a cluster job
+    parses the workflow again) finds its pack unchanged."""
+    cells: dict[str, list[dict]] = {}  # insertion order: grid order
+    for cfg in runs:
+        if finished_hash(run_dir(results_root, cfg) / "metrics.json") != cfg["config_hash"]:
+            cells.setdefault(cell_key(cfg), []).append(cfg)
+    packs = []
+    for members in cells.values():
+        k = pack_size(setting, members[0]["batch_size"], device_type)
+        packs += [members[i : i + k] for i in range(0, len(members), k)]
+    return packs
 
 
 # ---------------------------------------------------------------- command line

@@ -23,6 +23,12 @@ STUDIES = list(RUNS)
 # changes: editing one value reruns exactly the runs it touches, with or without .snakemake/.
 grid.sync_run_configs([r for runs in RUNS.values() for r in runs], RESULTS)
 SCALE = PARAMS["scale"]
+# Aggregation and the report read the grid's own effective params: params.yaml with every
+# --configfile overlay and --config value on top (not only `scale`), or they would plan other
+# configs than the runs have and count every run as stale.
+EFFECTIVE_PARAMS = f"{RESULTS}/params.effective.json"
+if workflow.is_main_process:
+    grid.write_effective_params(config, EFFECTIVE_PARAMS)
 REPORT = "reports/index.html"
 DEVICE = config.get("device", "auto")
 # A train job claims the `gpu` resource only where a GPU is visible, so that on a CPU-only

@@ -11,7 +11,8 @@ rule report:
         "reports/report.log",
     params:
         py=sys.executable,
-        scale=SCALE,
+        effective=EFFECTIVE_PARAMS,
     shell:
-        "{params.py} src/report.py --params params.yaml --config scale={params.scale}"
-        " --out {output.html} > {log} 2>&1"
+        # reports/figures/<study>-<k>.svg: every figure as a file (docs/ shows one)
+        "{params.py} src/report.py --params {params.effective}"
+        " --out {output.html} --figures reports/figures > {log} 2>&1"

@@ -1,4 +1,6 @@
-# One job per run of the grid; one aggregation per study.
+# One job per run of the grid (or per pack of runs, runtime.pack); one aggregation per study.
+import re
+
 # `snakemake --lint` asks for a conda env or container per rule: every rule runs the project's
 # own Python (sys.executable, the .venv made from pyproject.toml), so there is none to name.
 
@@ -32,6 +34,79 @@ rule train:
         " --log {log} --exit-code $?"
 
 
+# Packs (runtime.pack, src/packing.py): the unfinished runs of one cell (all but the seed equal)
+# trained by one job as one fused model, each into its own run folder exactly as `train` would.
+# Planned at parse time from what is unfinished (grid.plan_packs), so finished runs are never in
+# a pack and a new seed trains alone or with the other new ones. A pack of one is left to `train`.
+# Each pack is a rule of its own (outputs are its runs' files), named after its first run; it
+# takes precedence over `train` for those files and carries the settings given for `train` on
+# the command line or in a profile (--set-threads, --set-resources, --groups).
+# runtime.pack: auto decides by the device the jobs run on (a cluster's: a GPU).
+PACK_DEVICE = "cuda" if GPU_PER_JOB or workflow.non_local_exec else "cpu"
+PACKS = grid.plan_packs(
+    [r for runs in RUNS.values() for r in runs],
+    RESULTS,
+    grid.pack_setting(PARAMS),
+    PACK_DEVICE,
+)
+
+
+def pack_rule_name(pack):
+    return "train_pack_" + re.sub(
+        r"\W", "_", f"{pack[0]['study']}__{pack[0]['run_id']}"
+    )
+
+
+def inherit_train_settings(name):
+    """What --set-threads / --set-resources / --groups say for `train`, also for rule `name`."""
+    resources, groups = workflow.resource_settings, workflow.group_settings
+    for table in (
+        getattr(resources, "_parsed_overwrite_threads", {}),
+        getattr(resources, "_parsed_overwrite_resources", {}),
+        getattr(groups, "overwrite_groups", {}),
+    ):
+        if "train" in table:
+            table.setdefault(name, table["train"])
+
+
+for pack in (p for p in PACKS if len(p) > 1):
+    name = pack_rule_name(pack)
+    inherit_train_settings(name)
+
+    rule:
+        # src/train.py resumes every run of the pack from its checkpoint; a crash records each
+        # unfinished run as `failed` with the job's log (a copy in every run folder).
+        name:
+            name
+        input:
+            [f"{RESULTS}/configs/{r['study']}/{r['run_id']}.json" for r in pack],
+        output:
+            [f"{RESULTS}/runs/{r['study']}/{r['run_id']}/metrics.json" for r in pack],
+        log:
+            [f"{RESULTS}/runs/{r['study']}/{r['run_id']}/job.log" for r in pack],
+        threads: 1
+        resources:
+            gpu=GPU_PER_JOB,
+        params:
+            py=sys.executable,
+            runs=" ".join(
+                f"--config {RESULTS}/configs/{r['study']}/{r['run_id']}.json"
+                f" --out {RESULTS}/runs/{r['study']}/{r['run_id']}"
+                for r in pack
+            ),
+            logs=" ".join(
+                f"--log {RESULTS}/runs/{r['study']}/{r['run_id']}/job.log"
+                for r in pack
+            ),
+            device=DEVICE,
+        shell:
+            "OMP_NUM_THREADS={threads} {params.py} src/train.py {params.runs}"
+            " --device {params.device} 2>&1 | tee {log} > /dev/null"
+            " || {params.py} src/record_failure.py {params.runs} {params.logs} --exit-code $?"
+
+    workflow.ruleorder(name, "train")
+
+
 rule aggregate:
     # Reads exactly the study's planned runs (the grid's list, not a glob).
     input:
@@ -46,10 +121,10 @@ rule aggregate:
         f"{RESULTS}/summaries/{{study}}/aggregate.log",
     params:
         py=sys.executable,
-        scale=SCALE,
+        effective=EFFECTIVE_PARAMS,
         out=lambda wc: f"{RESULTS}/summaries/{wc.study}",
     shell:
-        "{params.py} src/aggregate.py --params params.yaml --config scale={params.scale}"
+        "{params.py} src/aggregate.py --params {params.effective}"
         " --study {wildcards.study} --out {params.out}"
         " --metrics {output.metrics} --curves {output.curves} > {log} 2>&1"
 
