@@ -124,11 +124,15 @@ def _params_with(mutate) -> dict:
         ),
         (lambda p: p["studies"]["batch_sweep"].update(batch_sizes=[]), ["batch_sizes", "[]"]),
         (
-            lambda p: p["studies"]["norm_compare"].update(norms=["bn", "batchnorm"]),
+            lambda p: p["studies"]["norm_compare"]["variants"].append(
+                {"model": "resnet20", "norm": "batchnorm"}
+            ),
             ["norm_compare", "batchnorm", "gn_ws"],
         ),
         (
-            lambda p: p["studies"]["norm_compare"].update(models=["resnet21"]),
+            lambda p: p["studies"]["norm_compare"]["variants"].append(
+                {"model": "resnet21", "norm": "bn"}
+            ),
             ["norm_compare", "resnet21", "resnet20"],
         ),
         (
@@ -210,7 +214,18 @@ def test_dry_run_lists_every_run_quickly(tmp_path):
     elapsed = time.perf_counter() - start
     n_runs = sum(expected_counts(raw_params(), "full").values())
     n_studies = len(expected_counts(raw_params(), "full"))
-    assert jobs["train"] == n_runs
+    # Every run once: alone (`train`) or in a pack (runtime.pack: one rule per pack).
+    params = grid.resolve_params(raw_params())
+    device = "cuda" if grid.gpu_visible() else "cpu"
+    packs = grid.plan_packs(
+        grid.expand_runs(params), repo / "results", grid.pack_setting(params), device
+    )
+    assert jobs["train"] == sum(len(p) == 1 for p in packs)
+    assert (
+        sum(n for rule, n in jobs.items() if rule.startswith("train_pack_"))
+        == len(packs) - jobs["train"]
+    )
+    assert sum(map(len, packs)) == n_runs
     assert jobs["aggregate"] == n_studies
     assert jobs["report"] == 1
     assert elapsed < 5.0, f"snakemake -n took {elapsed:.1f} s"
