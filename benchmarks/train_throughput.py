@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import data  # noqa: E402
 from augment import make_batch_transform  # noqa: E402
 from models import build_model  # noqa: E402
+from packing import PackedModel  # noqa: E402
 from train import EpochLoop, cpu_name  # noqa: E402
 
 
@@ -71,13 +72,14 @@ def make_loop(args, norm: str, batch_size: int, splits, device, channels_last: b
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     torch.manual_seed(0)
     model = build_model(args.model, norm, 10, 3, **({"groups": 8} if norm == "gn" else {}))
-    model = model.to(device, memory_format=memory_format)
+    # A single run is a pack of one (src/packing.py), as src/train.py trains it.
+    model = PackedModel([model], [torch.Generator(device)]).to(device, memory_format=memory_format)
     return EpochLoop(
         model=model,
         optimizer=torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4),
         train_set=splits.train,
         transform=make_batch_transform("standard", "channel", splits, True, memory_format),
-        generator=torch.Generator(device).manual_seed(0),
+        generators=[torch.Generator(device).manual_seed(0)],
         batch_size=batch_size,
         lr=lambda epoch, step: 0.01,
         autocast=torch.autocast(device.type, torch.bfloat16, enabled=cuda),
@@ -92,8 +94,8 @@ def sync(device: torch.device) -> None:
 
 def bare(loop: EpochLoop, args, splits, device) -> Callable[[int], None]:
     """n steps of the step alone, on one fixed batch that is already normalized."""
-    xb, y = loop.train_set.x[: loop.batch_size], loop.train_set.y[: loop.batch_size]
-    x = loop.transform(xb, loop.generator)
+    xb, y = loop.train_set.x[: loop.batch_size], loop.train_set.y[: loop.batch_size, None]
+    x = loop.transform(xb, loop.generators[0])
     loop.model.train()
 
     def run(n: int) -> None:
@@ -136,7 +138,8 @@ def reference(loop: EpochLoop, args, splits, device, workers: int) -> Callable[[
         for i, (xb, yb) in enumerate(loader):
             if i == n:
                 break
-            loop.step(xb.to(device, non_blocking=True), yb.to(device, non_blocking=True))
+            y = yb.to(device, non_blocking=True)[:, None]  # [B, 1]: a pack of one
+            loop.step(xb.to(device, non_blocking=True), y)
 
     return run
 

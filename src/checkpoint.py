@@ -65,17 +65,36 @@ def load_checkpoint(run_dir: Path, config_hash: str, log: logging.Logger) -> dic
     return None
 
 
-def capture_rng(data_generator: torch.Generator) -> dict:
-    """Every RNG a training step draws from: torch CPU (init, dropout on CPU), CUDA, the data's."""
-    return {
-        "cpu": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "data": data_generator.get_state(),
-    }
+def capture_rng(
+    data_generator: torch.Generator, model_generator: torch.Generator | None = None
+) -> dict:
+    """Every RNG a training step draws from: the model's (dropout) and the data's.
+
+    Without model_generator, the model draws from torch's global CPU and CUDA RNGs. With one
+    (a run of a pack, src/packing.py: its own dropout RNG), its state is stored where the
+    global RNG's of its device would be ("cpu", or "cuda" as a one-element list), so the file
+    has the same keys either way.
+    """
+    if model_generator is None:
+        cpu = torch.get_rng_state()
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    elif model_generator.device.type == "cpu":
+        cpu, cuda = model_generator.get_state(), []
+    else:
+        cpu, cuda = torch.get_rng_state(), [model_generator.get_state()]
+    return {"cpu": cpu, "cuda": cuda, "data": data_generator.get_state()}
 
 
-def restore_rng(rng: dict, data_generator: torch.Generator) -> None:
-    torch.set_rng_state(rng["cpu"])
-    if rng["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+def restore_rng(
+    rng: dict, data_generator: torch.Generator, model_generator: torch.Generator | None = None
+) -> None:
+    """Put back what capture_rng saved (with the same model_generator or None)."""
+    if model_generator is None:
+        torch.set_rng_state(rng["cpu"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+    elif model_generator.device.type == "cpu":
+        model_generator.set_state(rng["cpu"])
+    elif rng["cuda"]:
+        model_generator.set_state(rng["cuda"][0])
     data_generator.set_state(rng["data"])

@@ -1,7 +1,8 @@
 """Record a crashed run: a `failed` metrics.json naming its log, so the grid goes on.
 
 Called by the Snakemake train rule when src/train.py exits non-zero (an exception, out of
-memory, a kill). The study still aggregates and the report lists the run as failed with its log;
+memory, a kill); for a pack (--config/--out repeated, as src/train.py takes them), every run of
+the pack that has not finished is recorded, each with the job's log. The study still aggregates and the report lists the run as failed with its log;
 the next invocation reruns it, since src/grid.py treats a failed metrics.json as unfinished.
 """
 
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from grid import finished_hash  # noqa: E402
 from io_utils import atomic_write_json, read_json  # noqa: E402
 
 
@@ -25,18 +27,38 @@ def last_lines(path: Path, n: int = 20) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", required=True, help="the run's resolved config (RUN.json)")
-    ap.add_argument("--out", required=True, help="the run directory")
-    ap.add_argument("--log", required=True, help="the job's log file")
+    ap.add_argument(
+        "--config", required=True, action="append", help="the run's resolved config (RUN.json)"
+    )
+    ap.add_argument("--out", required=True, action="append", help="the run directory")
+    ap.add_argument(
+        "--log", required=True, action="append", help="the job's log file (once, or per run)"
+    )
     ap.add_argument("--exit-code", type=int, required=True)
     args = ap.parse_args(argv)
-    cfg = read_json(args.config)
-    out = Path(args.out)
+    logs = args.log * len(args.config) if len(args.log) == 1 else args.log
+    if not len(args.config) == len(args.out) == len(logs):
+        ap.error(
+            f"--config is given {len(args.config)} times, --out {len(args.out)} times and --log "
+            f"{len(args.log)} times; allowed: one --out per --config, --log once or per --config"
+        )
+    code = 0
+    for config, out, log in zip(args.config, args.out, logs, strict=True):
+        code = max(code, record(config, Path(out), log, args.exit_code))
+    return code
+
+
+def record(config: str, out: Path, log: str, exit_code: int) -> int:
+    """Write out/metrics.json as `failed`, unless the run finished (a pack's runs that ended
+    before the crash keep their results)."""
+    cfg = read_json(config)
+    if finished_hash(out / "metrics.json") == cfg.get("config_hash"):
+        return 0
     metrics = {
         "status": "failed",
-        "exit_code": args.exit_code,
-        "log_path": str(args.log),
-        "error": last_lines(Path(args.log)),
+        "exit_code": exit_code,
+        "log_path": str(log),
+        "error": last_lines(Path(log)),
         "study": cfg.get("study"),
         "run_id": cfg.get("run_id"),
         "config_hash": cfg.get("config_hash"),
@@ -48,9 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # disk full, read-only: say where; the job then fails visibly
         print(f"record_failure.py: cannot write {out / 'metrics.json'}: {err}", file=sys.stderr)
         return 1
-    print(
-        f"run {cfg.get('study')}/{cfg.get('run_id')} failed (exit {args.exit_code}); log: {args.log}"
-    )
+    print(f"run {cfg.get('study')}/{cfg.get('run_id')} failed (exit {exit_code}); log: {log}")
     return 0
 
 

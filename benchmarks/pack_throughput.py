@@ -1,0 +1,163 @@
+"""Packed seeds (src/packing.py): K runs trained as one fused model vs the same K runs one after
+another, images/s, in one process; and what runtime.pack `auto` chooses (src/grid.py AUTO_PACK).
+
+    python benchmarks/pack_throughput.py [--batch-sizes 2 8 32 128] [--packs 2 5] [--norms bn gn]
+        [--images 512] [--repeats 3] [--threads N] [--device auto] [--switches]
+
+separate   K EpochLoops of one run each (how src/train.py trains a pack of one), each running
+           one epoch of --images images: K x --images images in all.
+packed     one EpochLoop of a pack of K runs, one epoch of --images images per run.
+Both are src/train.py's EpochLoop.run_epoch as the trainer runs it (per-run augmentation from
+each run's generator, per-step lr, loss bookkeeping) on CIFAR-shaped synthetic uint8 images,
+with the device's runtime switches (train.DEVICE_SWITCHES). The variants run interleaved,
+--repeats times; each reports its best round (the least disturbed on a shared machine).
+--switches adds a table for the switches themselves: channels_last vs NCHW, bf16 autocast vs
+fp32 (each a ratio of images/s, packs of 1 and of the largest K).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import data  # noqa: E402
+import grid  # noqa: E402
+from augment import make_batch_transform  # noqa: E402
+from models import build_model  # noqa: E402
+from packing import PackedModel  # noqa: E402
+from train import DEVICE_SWITCHES, EpochLoop, cpu_name  # noqa: E402
+
+
+def make_loop(norm, batch, k, splits, device, channels_last: bool, bf16: bool) -> EpochLoop:
+    """A pack of k ResNet-20 runs (seeds 0..k-1) over the first --images training images."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    models = []
+    for seed in range(k):
+        torch.manual_seed(seed)
+        models.append(
+            build_model("resnet20", norm, 10, 3, **({"groups": 8} if norm == "gn" else {}))
+        )
+    gens = [torch.Generator(device).manual_seed(s) for s in range(k)]
+    pack = PackedModel(models, [torch.Generator(device) for _ in models])
+    pack = pack.to(device, memory_format=fmt)
+    return EpochLoop(
+        model=pack,
+        optimizer=torch.optim.SGD(pack.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4),
+        train_set=splits.train,
+        transform=make_batch_transform("standard", "channel", splits, True, fmt),
+        generators=gens,
+        batch_size=batch,
+        lr=lambda epoch, step: 0.01,
+        autocast=torch.autocast(device.type, torch.bfloat16, enabled=bf16),
+        check_every=50 if device.type == "cuda" else 1,
+    )
+
+
+def timed_epoch(loops: list[EpochLoop], device) -> float:
+    """Seconds for one epoch of every loop, one after another."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for loop in loops:
+        loop.run_epoch(0)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def best_rates(variants: dict[str, list[EpochLoop]], images, repeats: int, device) -> dict:
+    """name -> best images/s (all runs' images) over `repeats` interleaved rounds of one epoch
+    of `images` (a data.TensorSet) per run."""
+    for loops in variants.values():  # warm-up: allocator, kernels, first-call overheads
+        for loop in loops:
+            n = 2 * loop.batch_size
+            loop.train_set = data.TensorSet(images.x[:n], images.y[:n])
+        timed_epoch(loops, device)
+    best = dict.fromkeys(variants, 0.0)
+    for _ in range(repeats):
+        for name, loops in variants.items():
+            for loop in loops:
+                loop.train_set = images
+            n_images = len(images) * sum(loop.members for loop in loops)
+            best[name] = max(best[name], n_images / timed_epoch(loops, device))
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[2, 8, 32, 128])
+    ap.add_argument("--packs", type=int, nargs="+", default=[2, 5], help="runs per pack (K)")
+    ap.add_argument("--norms", nargs="+", default=["bn", "gn"])
+    ap.add_argument("--images", type=int, default=512, help="training images per run and round")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--switches", action="store_true", help="also time channels_last and bf16")
+    args = ap.parse_args(argv)
+    cuda = args.device != "cpu" and torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    size = max(args.images, max(args.batch_sizes))
+    cfg = {"name": "synthetic", "train_subset": size, "test_subset": 10, "val_size": 0}
+    splits = data.load_splits(cfg, device)
+    images = data.TensorSet(splits.train.x[: args.images], splits.train.y[: args.images])
+    name = torch.cuda.get_device_name(device) if cuda else f"{cpu_name()}"
+    print(f"# {device.type}: {name}, {torch.get_num_threads()} threads | torch {torch.__version__}")
+    switches = DEVICE_SWITCHES[device.type]
+    cl, bf16 = switches["channels_last"], switches["bf16"]
+    print(f"# resnet20 (0.27M params), 3x32x32, channels_last={cl}, bf16={bf16}")
+    print(f"# images/s over all runs: best of {args.repeats} rounds of {args.images} images a run")
+    head = ("norm", "batch", "K", "separate", "packed", "packed/sep", "auto packs")
+    print("".join(f"{h:>12}" for h in head))
+    worst_auto = None
+    for norm in args.norms:
+        for batch in args.batch_sizes:
+            for k in args.packs:
+                variants = {
+                    "separate": [make_loop(norm, batch, 1, splits, device, cl, bf16)] * k,
+                    "packed": [make_loop(norm, batch, k, splits, device, cl, bf16)],
+                }
+                rate = best_rates(variants, images, args.repeats, device)
+                ratio = rate["packed"] / rate["separate"]
+                auto = grid.pack_size("auto", batch, device.type)
+                if auto > 1:
+                    worst_auto = ratio if worst_auto is None else min(worst_auto, ratio)
+                row = (norm, batch, k, f"{rate['separate']:.0f}", f"{rate['packed']:.0f}",
+                       f"{ratio:.2f}", f"K={auto}" if auto > 1 else "no")  # fmt: skip
+                print("".join(f"{c:>12}" for c in row), flush=True)
+    policy = grid.AUTO_PACK[device.type]
+    print(f"# auto on {device.type}: packs up to {policy['size']} runs at batch <= "
+          f"{policy['max_batch']}; worst packed/separate where it packs: "
+          f"{'-' if worst_auto is None else f'{worst_auto:.2f}'}")  # fmt: skip
+    if args.switches:
+        switch_table(args, splits, images, device)
+    return 0
+
+
+def switch_table(args, splits, images, device) -> None:
+    """images/s ratios of each switch on vs off, packs of 1 and of max(--packs)."""
+    print("# switches: images/s with the switch on / off (the other switch off)")
+    head = ("norm", "batch", "K", "channels_last", "bf16")
+    print("".join(f"{h:>14}" for h in head))
+    for norm in args.norms:
+        for batch in (min(args.batch_sizes), max(args.batch_sizes)):
+            for k in (1, max(args.packs)):
+                variants = {
+                    "plain": [make_loop(norm, batch, k, splits, device, False, False)],
+                    "channels_last": [make_loop(norm, batch, k, splits, device, True, False)],
+                    "bf16": [make_loop(norm, batch, k, splits, device, False, True)],
+                }
+                rate = best_rates(variants, images, args.repeats, device)
+                row = (norm, batch, k, f"{rate['channels_last'] / rate['plain']:.2f}",
+                       f"{rate['bf16'] / rate['plain']:.2f}")  # fmt: skip
+                print("".join(f"{c:>14}" for c in row), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
