@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_train import metrics, run
 
 import grid
-from test_train import metrics, run
 
 ROOT = Path(__file__).resolve().parents[1]
 TARBALL = ROOT.parent / "shared" / "data" / "cifar10-jpeg-10k.tar.gz"
