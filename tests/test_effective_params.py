@@ -34,3 +34,23 @@ def test_effective_params_file_plans_exactly_the_runs_snakemake_planned(tmp_path
     # params.yaml plus `scale` alone (what the rules passed before) plans other configs.
     plain = grid.load_params(overrides={"scale": "laptop"})
     assert grid.study_runs(plain, "batch_sweep")[0]["config_hash"] not in hashes["batch_sweep"]
+
+
+def test_config_device_picks_the_trainers_device_and_is_not_a_params_key(tmp_path):
+    """`--config device=cpu` reaches every train command and is not rejected as an unknown
+    params.yaml key (nor written into the effective params)."""
+    import json
+    import subprocess
+    import sys
+
+    from test_grid import _copy_repo
+
+    repo = _copy_repo(tmp_path)
+    snakemake = str(Path(sys.executable).parent / "snakemake")
+    cmd = [snakemake, "-n", "-p", "--cores", "1", "--config", "scale=smoke", "device=cpu"]
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    commands = [line for line in proc.stdout.splitlines() if "src/train.py" in line]
+    assert commands and all("--device cpu" in line for line in commands)
+    effective = json.loads((repo / "results" / "params.effective.json").read_text())
+    assert "device" not in effective and effective["scale"] == "smoke"

@@ -11,6 +11,8 @@ import grid  # noqa: E402
 include: "locks.smk"  # a killed run's stale lock is cleared when that is safe
 
 
+# `--config device=cpu|cuda|auto` picks the trainers' device; it is not a params.yaml key.
+DEVICE = str(config.pop("device", "auto"))
 try:
     # `config` is params.yaml with any --config overrides on top (e.g. scale=smoke).
     PARAMS, RUNS = grid.plan(config)
@@ -30,7 +32,6 @@ EFFECTIVE_PARAMS = f"{RESULTS}/params.effective.json"
 if workflow.is_main_process:
     grid.write_effective_params(config, EFFECTIVE_PARAMS)
 REPORT = "reports/index.html"
-DEVICE = config.get("device", "auto")
 # A train job claims the `gpu` resource only where a GPU is visible, so that on a CPU-only
 # machine `--resources gpu=1` does not serialize the grid. The SLURM profile sets gpu=1 itself.
 HAS_GPU = grid.gpu_visible()
