@@ -267,15 +267,10 @@ def test_packing_puts_the_smoke_grid_in_few_slurm_jobs(smoke_runs):
     expected = math.ceil(runs / PACK) + 1
     logs = re.findall(r"submitted with SLURM jobid \d+ \(log: (\S+)\)", smoke_runs["out"])
     assert len(logs) == len(smoke_runs["jobs"])  # Snakemake's count is Slurm's
-    # Seed packs (runtime.pack: rules train_pack_*, planned by workflow/rules/train.smk) are
-    # not put in group `pack` by `--groups train=pack` today: each is a Slurm job of its own.
+    # Seed packs (runtime.pack: rules train_pack_*) join `train`'s group (train.smk's
+    # join_train_group): none may be a Slurm job of its own.
     unpacked = [p for p in logs if "/rule_train_pack_" in p]
-    assert len(logs) == expected + len(unpacked), logs
-    if unpacked:
-        pytest.xfail(
-            f"{len(logs)} Slurm jobs, not {expected}: {len(unpacked)} seed packs escape "
-            "--groups train=pack (train.smk's inherit_train_settings does not reach the groups)"
-        )
+    assert not unpacked and len(logs) == expected, logs
 
 
 # ---------------------------------------------------------------------------- (b) and (c)

@@ -69,6 +69,26 @@ def inherit_train_settings(name):
             table.setdefault(name, table["train"])
 
 
+def join_train_group(rule_obj):
+    """`--groups train=NAME` names `train` only, and Snakemake resolves groups when it builds
+    the DAG (after parsing): a pack rule asks for `train`'s group at that moment, so packs and
+    single runs share cluster jobs (workflow/profiles/slurm)."""
+
+    class PackRule(type(rule_obj)):
+        @property
+        def group(self):
+            own = super().group
+            if own is None and self.workflow.non_local_exec_or_dryrun:
+                return self.workflow.group_settings.overwrite_groups.get("train")
+            return own
+
+        @group.setter
+        def group(self, value):
+            self._group = value
+
+    rule_obj.__class__ = PackRule
+
+
 for pack in (p for p in PACKS if len(p) > 1):
     name = pack_rule_name(pack)
     inherit_train_settings(name)
@@ -105,6 +125,7 @@ for pack in (p for p in PACKS if len(p) > 1):
             " || {params.py} src/record_failure.py {params.runs} {params.logs} --exit-code $?"
 
     workflow.ruleorder(name, "train")
+    join_train_group(workflow.get_rule(name))
 
 
 rule aggregate:
