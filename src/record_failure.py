@@ -9,6 +9,9 @@ the next invocation reruns it, since src/grid.py treats a failed metrics.json as
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,6 +26,22 @@ def last_lines(path: Path, n: int = 20) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
     except OSError:
         return ""
+
+
+def slurm_log() -> str | None:
+    """Under Slurm, the job's own log (`StdOut=` of `scontrol show job`), which holds what the
+    trainer's log cannot: Slurm's kill messages, the node, the plugin's lines. None elsewhere."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return None
+    try:
+        shown = subprocess.run(
+            ["scontrol", "show", "job", job], capture_output=True, text=True, timeout=20
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"\bStdOut=(\S+)", shown)
+    return match.group(1) if match else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +77,7 @@ def record(config: str, out: Path, log: str, exit_code: int) -> int:
         "status": "failed",
         "exit_code": exit_code,
         "log_path": str(log),
+        "slurm_log_path": slurm_log(),  # null off Slurm
         "error": last_lines(Path(log)),
         "study": cfg.get("study"),
         "run_id": cfg.get("run_id"),

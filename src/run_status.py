@@ -223,7 +223,8 @@ def _static_state(run_dir: Path, planned_hash: str | None, required) -> dict:
         return {
             "status": "failed",
             "log_path": None if log is None else str(log),
-            "note": f"exit code {m.get('exit_code')}: see {log}",
+            "note": f"exit code {m.get('exit_code')}: see {log}"
+            + (f"; Slurm log: {m['slurm_log_path']}" if m.get("slurm_log_path") else ""),
         }
     absent = [k for k in required if k not in m]
     if absent:
