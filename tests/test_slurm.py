@@ -382,3 +382,6 @@ def test_a_run_that_fails_for_good_is_listed_failed_with_its_log(cluster, tmp_pa
     assert len(submissions(out, broken)) == 1
     slurm_log = re.search(rf"\(log: (\S*_{re.escape(broken)}/\d+\.log)\)", out)
     assert slurm_log and Path(slurm_log.group(1)).is_file(), out[-3000:]
+    # ... and the report's failed list names that Slurm log (record_failure asked scontrol).
+    recorded = re.search(r"Slurm log: (\S+)", str(table.loc[broken, "note"]))
+    assert recorded and Path(recorded.group(1)).name == Path(slurm_log.group(1)).name
