@@ -1,5 +1,6 @@
 # Parse time: validate params (schema + catalog), expand the grid, sync the run configs.
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -59,3 +60,44 @@ def run_configs(study):
 
 def summaries():
     return [f"{RESULTS}/summaries/{s}/summary.json" for s in STUDIES]
+
+
+# ---- packs of runs (runtime.pack): the rules are made in train.smk
+
+
+def pack_rule_name(pack):
+    """train_pack_<study>__<first run id>, with every non-word character as `_`."""
+    first = re.sub(r"\W", "_", f"{pack[0]['study']}__{pack[0]['run_id']}")
+    return f"train_pack_{first}"
+
+
+def inherit_train_settings(name):
+    """What --set-threads / --set-resources / --groups say for `train`, also for rule `name`."""
+    resources, groups = workflow.resource_settings, workflow.group_settings
+    for table in (
+        getattr(resources, "_parsed_overwrite_threads", {}),
+        getattr(resources, "_parsed_overwrite_resources", {}),
+        getattr(groups, "overwrite_groups", {}),
+    ):
+        if "train" in table:
+            table.setdefault(name, table["train"])
+
+
+def join_train_group(rule_obj):
+    """`--groups train=NAME` names `train` only, and Snakemake resolves groups when it builds
+    the DAG (after parsing): a pack rule asks for `train`'s group at that moment, so packs and
+    single runs share cluster jobs (workflow/profiles/slurm)."""
+
+    class PackRule(type(rule_obj)):
+        @property
+        def group(self):
+            own = super().group
+            if own is None and self.workflow.non_local_exec_or_dryrun:
+                return self.workflow.group_settings.overwrite_groups.get("train")
+            return own
+
+        @group.setter
+        def group(self, value):
+            self._group = value
+
+    rule_obj.__class__ = PackRule

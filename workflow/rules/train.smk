@@ -1,5 +1,5 @@
 # One job per run of the grid (or per pack of runs, runtime.pack); one aggregation per study.
-import re
+# The pack helpers (pack_rule_name, inherit_train_settings, join_train_group) are in common.smk.
 
 # `snakemake --lint` asks for a conda env or container per rule: every rule runs the project's
 # own Python (sys.executable, the .venv made from pyproject.toml), so there is none to name.
@@ -49,44 +49,6 @@ PACKS = grid.plan_packs(
     grid.pack_setting(PARAMS),
     PACK_DEVICE,
 )
-
-
-def pack_rule_name(pack):
-    return "train_pack_" + re.sub(
-        r"\W", "_", f"{pack[0]['study']}__{pack[0]['run_id']}"
-    )
-
-
-def inherit_train_settings(name):
-    """What --set-threads / --set-resources / --groups say for `train`, also for rule `name`."""
-    resources, groups = workflow.resource_settings, workflow.group_settings
-    for table in (
-        getattr(resources, "_parsed_overwrite_threads", {}),
-        getattr(resources, "_parsed_overwrite_resources", {}),
-        getattr(groups, "overwrite_groups", {}),
-    ):
-        if "train" in table:
-            table.setdefault(name, table["train"])
-
-
-def join_train_group(rule_obj):
-    """`--groups train=NAME` names `train` only, and Snakemake resolves groups when it builds
-    the DAG (after parsing): a pack rule asks for `train`'s group at that moment, so packs and
-    single runs share cluster jobs (workflow/profiles/slurm)."""
-
-    class PackRule(type(rule_obj)):
-        @property
-        def group(self):
-            own = super().group
-            if own is None and self.workflow.non_local_exec_or_dryrun:
-                return self.workflow.group_settings.overwrite_groups.get("train")
-            return own
-
-        @group.setter
-        def group(self, value):
-            self._group = value
-
-    rule_obj.__class__ = PackRule
 
 
 for pack in (p for p in PACKS if len(p) > 1):
