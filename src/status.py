@@ -9,8 +9,11 @@ Read-only and lock-free: it reads each planned run's folder (src/run_status.py: 
 safe from any terminal while a grid runs. Standard library + src/grid.py only (no torch, pandas,
 scipy): under 2 s on the full grid.
 
-ETA: the single-job seconds left, summed over unfinished runs, divided by how many jobs have been
-running side by side lately. A run's seconds per epoch are the median `seconds` of history.tsv
+ETA: the single-job seconds left, summed over unfinished jobs, divided by how many jobs have been
+running side by side lately. A job is one trainer process: a run, or a seed pack (runtime.pack)
+whose runs train together — started runs are grouped by the process their lock names, runs not
+started yet as grid.plan_packs packs them (for this machine's device), and a job needs what its
+slowest run needs. A run's seconds per epoch are the median `seconds` of history.tsv
 (its own epochs; else those of its cell — same config but the seed —, of runs of the same model,
 width, batch size and data, of the same model, or of every run, in that order), plus a per-run
 start-up time (interpreter, data, model: process start to end minus its epochs, median over
@@ -66,6 +69,7 @@ def read_run(results: Path, cfg: dict) -> dict:
         "seconds": seconds,
         "started": info.get("started") if isinstance(info.get("started"), int | float) else None,
         "pid": (state["holder"] or {}).get("pid"),
+        "process": (info.get("pid"), info.get("started")),  # the trainer (a pack's runs share it)
         "ended": _mtime(rdir / "metrics.json") if status in FINISHED else None,
         "progress_at": _mtime(rdir / "history.tsv"),  # the last epoch's end
         "wall_s": wall if isinstance(wall, int | float) else None,
@@ -127,15 +131,16 @@ def startup_seconds(runs: list[dict]) -> float:
     return statistics.median(gaps) if gaps else 0.0
 
 
-def side_by_side(runs: list[dict], now: float) -> float:
-    """Jobs running at once lately: the runs' alive time within the last WINDOW_S (or since the
+def side_by_side(jobs: list[list[dict]], now: float) -> float:
+    """Jobs running at once lately: the jobs' alive time within the last WINDOW_S (or since the
     first start, if later) divided by that window; at least 1, and at least the live count."""
     spans = []
-    for r in runs:
-        end = now if r["status"] == "running" else r["ended"]
-        if r["started"] and end and end > r["started"]:
-            spans.append((r["started"], end))
-    n_live = sum(r["status"] == "running" for r in runs)
+    for job in jobs:
+        starts = [r["started"] for r in job if r["started"]]
+        ends = [now if r["status"] == "running" else r["ended"] for r in job]
+        if starts and all(ends) and max(ends) > min(starts):
+            spans.append((min(starts), max(ends)))
+    n_live = sum(any(r["status"] == "running" for r in job) for job in jobs)
     if not spans:
         return float(max(1, n_live))
     lo = max(now - WINDOW_S, min(s for s, _ in spans))
@@ -143,6 +148,24 @@ def side_by_side(runs: list[dict], now: float) -> float:
         return float(max(1, n_live))
     alive = sum(max(0.0, min(e, now) - max(s, lo)) for s, e in spans)
     return max(1.0, float(n_live), alive / (now - lo))
+
+
+def group_jobs(runs: list[dict], params: dict, results: Path) -> list[list[dict]]:
+    """The runs grouped by the trainer process that trains (or trained, or will train) them."""
+    by_process: dict[tuple, list[dict]] = {}
+    waiting = []
+    for r in runs:
+        started = r["status"] == "running" or r["status"] in FINISHED
+        if started and None not in r["process"]:
+            by_process.setdefault(r["process"], []).append(r)
+        else:  # not started, or to be started again (failed: resumed; stale: retrained)
+            waiting.append(r)
+    by_id = {(r["study"], r["run_id"]): r for r in waiting}
+    device = "cuda" if grid.gpu_visible() else "cpu"
+    packs = grid.plan_packs([r["cfg"] for r in waiting], results, grid.pack_setting(params), device)
+    return list(by_process.values()) + [
+        [by_id[(c["study"], c["run_id"])] for c in pack] for pack in packs
+    ]
 
 
 def seconds_left(r: dict, spe: float | None, startup: float, now: float) -> float | None:
@@ -175,21 +198,30 @@ def grid_status(params: dict, results: str | Path, now: float | None = None) -> 
     spe = seconds_per_epoch(runs)
     startup = startup_seconds(runs)
     studies: dict[str, dict] = {}
-    unknown = 0
-    total_left = 0.0
     for r in runs:
         s = studies.setdefault(r["study"], {c: 0 for c in COLUMNS} | {"wall_s": 0.0})
         s["planned"] += 1
         s[r["status"]] += 1
+        s.setdefault("work_left_s", 0.0)
         if r["status"] in FINISHED and r["wall_s"] is not None:
             s["wall_s"] += r["wall_s"]
         elif r["status"] == "running" and r["started"]:
             s["wall_s"] += max(0.0, now - r["started"])
-        left = seconds_left(r, spe.get(r["run_id"] + "@" + r["study"]), startup, now)
-        s["work_left_s"] = s.get("work_left_s", 0.0) + (left or 0.0)
-        unknown += left is None
-        total_left += left or 0.0
-    parallel = side_by_side(runs, now)
+    jobs = group_jobs(runs, params, results)
+    unknown = 0
+    total_left = 0.0
+    for job in jobs:
+        lefts = [
+            seconds_left(r, spe.get(r["run_id"] + "@" + r["study"]), startup, now) for r in job
+        ]
+        unknown += sum(left is None for left in lefts)
+        left = max(
+            (x for x in lefts if x is not None), default=0.0
+        )  # a pack ends with its last run
+        total_left += left
+        for r in job:  # a job's seconds, shared among the studies of its runs
+            studies[r["study"]]["work_left_s"] += left / len(job)
+    parallel = side_by_side(jobs, now)
     starts = [r["started"] for r in runs if r["started"]]
     running = [
         {

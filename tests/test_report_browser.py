@@ -131,7 +131,12 @@ class DevTools:
 
     def open(self, url: str) -> str:
         """A fresh tab on `url`, loaded; returns its session id (events cleared)."""
-        target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        # Chromium's first start on a fresh machine builds its font cache before it answers
+        # (over 30 s on a loaded 2-core CI box): the first command waits longer.
+        first = self.next_id == 0
+        target = self.call(
+            "Target.createTarget", {"url": "about:blank"}, timeout=180.0 if first else 30.0
+        )["targetId"]
         session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})[
             "sessionId"
         ]

@@ -48,17 +48,10 @@ def copy_project(dest: Path) -> None:
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def snapshot(work: Path, runs: list[dict]) -> dict:
-    """What the run folders and the process table say now, read without src/run_status.py:
-    metrics.json statuses, and the run folders of live train.py processes of this copy."""
-    finished = {}
-    for cfg in runs:
-        try:
-            m = json.loads((grid.run_dir(work / "results", cfg) / "metrics.json").read_text())
-            finished[cfg["run_id"]] = m["status"]
-        except (OSError, ValueError):
-            pass
-    live = set()
+def trainers(work: Path) -> dict[int, set[str]]:
+    """Live src/train.py processes of this copy (read from /proc, not via src/run_status.py):
+    pid -> the run folders it trains (a seed pack has one --out per run)."""
+    found = {}
     for proc in Path("/proc").iterdir():
         try:
             if not proc.name.isdigit() or os.readlink(proc / "cwd") != str(work):
@@ -66,9 +59,30 @@ def snapshot(work: Path, runs: list[dict]) -> dict:
             argv = (proc / "cmdline").read_bytes().decode().split("\0")
         except OSError:
             continue
-        if any(a.endswith("src/train.py") for a in argv) and "--out" in argv:
-            live.add(Path(argv[argv.index("--out") + 1]).name)
-    return {"finished": finished, "live": live}
+        if any(a.endswith("src/train.py") for a in argv):
+            found[int(proc.name)] = {
+                Path(argv[i + 1]).name for i, a in enumerate(argv[:-1]) if a == "--out"
+            }
+    return found
+
+
+def snapshot(work: Path, runs: list[dict]) -> dict:
+    """What the run folders and the process table say now: metrics.json statuses, and the runs
+    of live train.py processes of this copy."""
+    finished = {}
+    for cfg in runs:
+        try:
+            m = json.loads((grid.run_dir(work / "results", cfg) / "metrics.json").read_text())
+            finished[cfg["run_id"]] = m["status"]
+        except (OSError, ValueError):
+            pass
+    return {"finished": finished, "live": set().union(*trainers(work).values())}
+
+
+def signal_all(pids, sig) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
 
 
 def total_row(text: str) -> dict:
@@ -95,20 +109,29 @@ def half_grid(tmp_path_factory):
                             cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)  # fmt: skip
     half_way = False
+    frozen: list[int] = []
     try:
         deadline = time.monotonic() + 900
-        while True:  # half finished, and a run in progress that has checkpointed an epoch
+        # Smoke runs last seconds, so a run caught "in progress" could finish before `make status`
+        # has started. Once half the grid has finished, the live trainers are paused (SIGSTOP: the
+        # process, and the flock it holds, stay alive) while status and the interim report are
+        # taken, and resumed after; the pause is kept only if a paused run has an epoch done.
+        while True:
             assert proc.poll() is None, (work / "grid.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "the smoke grid did not get half way in 15 min"
-            snap = snapshot(work, runs)
-            rows = [
-                (work / "results/runs" / r["study"] / r["run_id"] / "history.tsv")
-                for r in runs
-                if r["run_id"] in snap["live"]
-            ]
-            epoch_done = any(p.is_file() and len(p.read_text().splitlines()) > 1 for p in rows)
-            if len(snap["finished"]) >= len(runs) // 2 and epoch_done:
-                break
+            if len(snapshot(work, runs)["finished"]) >= len(runs) // 2:
+                frozen = list(trainers(work))
+                signal_all(frozen, signal.SIGSTOP)
+                snap = snapshot(work, runs)
+                rows = [
+                    (work / "results/runs" / r["study"] / r["run_id"] / "history.tsv")
+                    for r in runs
+                    if r["run_id"] in snap["live"] and r["run_id"] not in snap["finished"]
+                ]
+                if any(p.is_file() and len(p.read_text().splitlines()) > 1 for p in rows):
+                    break
+                signal_all(frozen, signal.SIGCONT)
+                frozen = []
             time.sleep(0.5)
         before = snapshot(work, runs)
         t_status = time.time()
@@ -119,13 +142,17 @@ def half_grid(tmp_path_factory):
         rep_before = snapshot(work, runs)
         rep = subprocess.run(["make", "report"], cwd=work, env=env, capture_output=True,
                              text=True, timeout=300)  # fmt: skip
+        signal_all(frozen, signal.SIGCONT)
+        # the ETA is compared with the grid's rest after `make status`, less the pause
+        t_resume, frozen = time.time(), []
         half_way = True
         yield {
             "work": work, "runs": runs, "before": before, "after": after, "make": make,
             "status": st, "t_status": t_status, "report": rep, "rep_before": rep_before,
-            "proc": proc,
+            "proc": proc, "paused_s": t_resume - t_status,
         }  # fmt: skip
     finally:  # let a grid that got half way finish; stop any other, with its jobs
+        signal_all(frozen, signal.SIGCONT)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=900 if half_way else 0.1)
         if proc.poll() is None:
@@ -202,10 +229,13 @@ def test_eta_within_two_times_the_measured_rest(half_grid):
     ends = [
         (grid.run_dir(g["work"] / "results", r) / "metrics.json").stat().st_mtime for r in g["runs"]
     ]
-    rest = max(ends) - g["t_status"]
+    rest = max(ends) - g["t_status"] - g["paused_s"]
     eta = g["status"]["eta_s"]
     assert eta is not None and rest > 0
-    print(f"ETA {eta:.1f} s, measured rest {rest:.1f} s, ratio {eta / rest:.2f}")
+    print(
+        f"ETA {eta:.1f} s, measured rest {rest:.1f} s (paused {g['paused_s']:.1f} s before it),"
+        f" ratio {eta / rest:.2f}"
+    )
     assert 0.5 <= eta / rest <= 2.0, (eta, rest)
     # and once done: every run finished, nothing running, ETA done
     done = subprocess.run(["make", "status"], cwd=g["work"], capture_output=True, text=True,
@@ -280,3 +310,42 @@ def test_eta_from_measured_epochs_startup_and_jobs_side_by_side(tmp_path):
     st = status.grid_status(params, res, now=now)
     assert (st["total"]["running"], st["total"]["failed"]) == (0, 1)
     assert st["total"]["work_left_s"] == pytest.approx(10 + 2 * 12 + 70 + 184)
+
+
+def test_eta_counts_a_seed_pack_as_one_job(tmp_path, monkeypatch):
+    """The runs of a pack train in one process: they cost one job's time, not one each, and
+    occupy one job slot; runs not started yet are costed as the pack plan groups them."""
+    monkeypatch.setattr(grid, "gpu_visible", lambda: False)  # runtime.pack auto: CPU policy
+    trims = {n: {"enabled": False} for n in grid.load_params()["studies"] if n != "batch_sweep"}
+    params = grid.load_params(overrides={"scale": "smoke", "smoke": {"studies": trims}})
+    assert grid.pack_setting(params) == "auto" and grid.AUTO_PACK["cpu"]["max_batch"] >= 8 > 1
+    runs = {
+        (r["norm"], r["batch_size"], r["seed"]): r for r in grid.study_runs(params, "batch_sweep")
+    }
+    now = time.time()
+    res = tmp_path / "results"
+    # bn/bs64 seed 0: ok, alone, 3 epochs of 4 s, alive [now-100, now-80]: start-up 20 - 12 = 8
+    e = runs[("bn", 64, 0)]
+    write_run(grid.run_dir(res, e), [4.0] * 3, now - 100, now - 80, e)
+    # bn/bs8 seeds 0 and 1: one pack process alive since now-30, 1 epoch of 12 s done 5 s ago
+    pack_dirs = [grid.run_dir(res, runs[("bn", 8, s)]) for s in (0, 1)]
+    for s, rdir in zip((0, 1), pack_dirs, strict=True):
+        write_run(rdir, [12.0], None, None, runs[("bn", 8, s)])
+        os.utime(rdir / "history.tsv", (now - 5, now - 5))
+    with run_status.hold(*pack_dirs):
+        for rdir in pack_dirs:
+            (rdir / run_status.LOCK_NAME).write_text(json.dumps({"pid": 7, "started": now - 30}))
+        st = status.grid_status(params, res, now=now)
+    t = st["total"]
+    assert (t["planned"], t["ok"], t["running"], t["missing"]) == (8, 1, 2, 5)
+    # single-job seconds left (3 epochs a run):
+    #   the running bn/bs8 pack: 2 epochs x 12 - 5 s into the next                 = 19
+    #   gn/bs8 seeds 0 + 1, one pack (batch 8 <= auto's max): its shape's 12 s/epoch,
+    #                       8 start-up + 3 x 12                                    = 44
+    #   bn/bs64 seed 1: its cell's 4 s/epoch: 8 + 3 x 4                            = 20
+    #   gn/bs64 seeds 0, 1: two jobs (no packing at batch 64), the shape's 4 s     = 40
+    assert st["startup_s"] == pytest.approx(8.0)
+    assert t["work_left_s"] == pytest.approx(19 + 44 + 20 + 40)
+    # side by side: one live job (the pack), alive time (20 + 30) / 100 s < 1
+    assert st["parallel"] == pytest.approx(1.0)
+    assert st["eta_s"] == pytest.approx(123.0)
