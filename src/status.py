@@ -215,9 +215,8 @@ def grid_status(params: dict, results: str | Path, now: float | None = None) -> 
             seconds_left(r, spe.get(r["run_id"] + "@" + r["study"]), startup, now) for r in job
         ]
         unknown += sum(left is None for left in lefts)
-        left = max(
-            (x for x in lefts if x is not None), default=0.0
-        )  # a pack ends with its last run
+        # a pack ends with its last run
+        left = max((x for x in lefts if x is not None), default=0.0)
         total_left += left
         for r in job:  # a job's seconds, shared among the studies of its runs
             studies[r["study"]]["work_left_s"] += left / len(job)
