@@ -66,10 +66,10 @@ full: install
 #   make report   reports/index.html from the runs finished so far, with an interim banner and
 #                 the running runs' last epochs (the final report once every run has finished)
 status:
-	@$(BIN)/python src/status.py $(if $(SCALE),--config scale=$(SCALE))
+	@$(BIN)/python -m normrepro.status $(if $(SCALE),--config scale=$(SCALE))
 
 report:
-	$(BIN)/python src/report.py --interim $(if $(SCALE),--config scale=$(SCALE))
+	$(BIN)/python -m normrepro.report --interim $(if $(SCALE),--config scale=$(SCALE))
 
 test: install data chromium
 	$(BIN)/python -m pytest -q

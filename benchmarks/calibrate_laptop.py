@@ -23,11 +23,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+from normrepro import grid
+from normrepro.io_utils import atomic_write_json
 
-import grid  # noqa: E402
-from io_utils import atomic_write_json  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SUBSETS = (3000, 5000, 8000)  # training-subset sizes tried (val is carved out of each)
 LR_FACTORS = (1.0, 2.0)  # x the recipe's linearly scaled lr

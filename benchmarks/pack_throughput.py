@@ -20,17 +20,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-import data  # noqa: E402
-import grid  # noqa: E402
-from augment import make_batch_transform  # noqa: E402
-from models import build_model  # noqa: E402
-from packing import PackedModel  # noqa: E402
-from train import DEVICE_SWITCHES, EpochLoop, cpu_name  # noqa: E402
+from normrepro import data, grid
+from normrepro.augment import make_batch_transform
+from normrepro.models import build_model
+from normrepro.packing import PackedModel
+from normrepro.train import DEVICE_SWITCHES, EpochLoop, cpu_name
 
 
 def make_loop(norm, batch, k, splits, device, channels_last: bool, bf16: bool) -> EpochLoop:

@@ -25,19 +25,17 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 from torchvision import transforms
 from torchvision.datasets import VisionDataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-import data  # noqa: E402
-from augment import make_batch_transform  # noqa: E402
-from models import build_model  # noqa: E402
-from packing import PackedModel  # noqa: E402
-from train import EpochLoop, cpu_name  # noqa: E402
+from normrepro import data
+from normrepro.augment import make_batch_transform
+from normrepro.models import build_model
+from normrepro.packing import PackedModel
+from normrepro.train import EpochLoop, cpu_name
 
 
 class PILImages(VisionDataset):
@@ -176,7 +174,7 @@ def measure(args, norm: str, batch_size: int, splits, device) -> dict[str, float
 def data_only(args, splits, device, batch_size: int) -> tuple[float, float]:
     """Images/s of the input pipeline alone (no model): ours vs the PIL DataLoader (0 workers).
     Shows what the project's loader saves per image, whatever the model costs."""
-    from augment import iterate_batches
+    from normrepro.augment import iterate_batches
 
     n_images = args.steps * batch_size
     gen = torch.Generator(device).manual_seed(0)

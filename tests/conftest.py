@@ -1,7 +1,5 @@
-"""Shared test setup: put src/ on the import path, as train.py's callers do."""
+"""Shared test setup. The code under test is the installed package `normrepro` (pip install -e .)."""
 
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))

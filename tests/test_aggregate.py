@@ -10,8 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-import aggregate
-import grid
+from normrepro import aggregate, grid
 
 # Student t 0.975 quantiles from a printed table (df -> t), independent of scipy.
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-import augment
-from augment import (
+from normrepro import augment
+from normrepro.augment import (
     AUGMENTATIONS,
     batches_per_epoch,
     crop_flip,
@@ -17,7 +17,7 @@ from augment import (
     nf_augment,
     rotate,
 )
-from data import TensorSet, make_synthetic
+from normrepro.data import TensorSet, make_synthetic
 
 torch.set_num_threads(1)
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from test_train import metrics, run
 
-import grid
+from normrepro import grid
 
 ROOT = Path(__file__).resolve().parents[1]
 TARBALL = ROOT.parent / "shared" / "data" / "cifar10-jpeg-10k.tar.gz"

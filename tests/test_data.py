@@ -9,8 +9,14 @@ import pytest
 import torch
 from torchvision.io import write_png
 
-import data
-from data import DataError, balanced_subset, check_data_config, load_splits, make_synthetic
+from normrepro import data
+from normrepro.data import (
+    DataError,
+    balanced_subset,
+    check_data_config,
+    load_splits,
+    make_synthetic,
+)
 
 torch.set_num_threads(1)
 # write_png builds the imagefolder fixtures; torchvision 0.29 flags its codecs as deprecated.

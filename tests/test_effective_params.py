@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-import grid
+from normrepro import grid
 
 ROOT = Path(__file__).resolve().parents[1]
 

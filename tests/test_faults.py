@@ -27,12 +27,7 @@ import pytest
 import torch
 import yaml
 
-import aggregate
-import grid
-import io_utils
-import record_failure
-import report
-import train
+from normrepro import aggregate, grid, io_utils, record_failure, report, train
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

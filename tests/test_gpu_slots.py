@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import gpu_slots
+from normrepro import gpu_slots
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,8 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # that they all contend at once however slowly a loaded machine starts them.
 JOB = """
 import json, pathlib, os, sys, time
-sys.path.insert(0, {src!r})
-import gpu_slots
+from normrepro import gpu_slots
 ready = pathlib.Path({folder!r}) / "ready"
 ready.mkdir(exist_ok=True)
 (ready / str(os.getpid())).touch()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import grid
+from normrepro import grid
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))

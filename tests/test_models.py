@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import catalog
-from models import build_model
-from models.nf_resnet import NFBlock
-from norms import ScaledStdConv2d, StdConv2d
+from normrepro import catalog
+from normrepro.models import build_model
+from normrepro.models.nf_resnet import NFBlock
+from normrepro.norms import ScaledStdConv2d, StdConv2d
 
 torch.set_num_threads(1)
 

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import catalog
-from norms import (
+from normrepro import catalog
+from normrepro.norms import (
     GAMMA_RELU,
     BatchNorm2d,
     ScaledStdConv2d,

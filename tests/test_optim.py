@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-import optim
+from normrepro import optim
 
 BASE = {"momentum": 0.9, "nesterov": False, "weight_decay": 1e-4, "wd_on_norm": True}
 BASE |= {"warmup_epochs": 0, "schedule": "constant"}

@@ -24,14 +24,10 @@ import torch.nn.functional as F
 from test_faults import make_params, make_repo, planned_configs, run_dirs, snakemake, write_params
 from test_train import ROOT, history, make_cfg, metrics
 
-import catalog
-import checkpoint
-import grid
-import record_failure
-import train
-from models import build_model
-from optim import adaptive_clip_grad_, clipped_params, make_optimizer
-from packing import PackedModel, PackError, pack_optimizer_states, unpack_optimizer_state
+from normrepro import catalog, checkpoint, grid, record_failure, train
+from normrepro.models import build_model
+from normrepro.optim import adaptive_clip_grad_, clipped_params, make_optimizer
+from normrepro.packing import PackedModel, PackError, pack_optimizer_states, unpack_optimizer_state
 
 torch.set_num_threads(1)
 # torch.compile on the CPU (inductor) needs a C++ compiler; without one the test runs the rest.

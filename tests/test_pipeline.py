@@ -17,7 +17,7 @@ import pytest
 import yaml
 from test_report_browser import CHROMIUM, DevTools, assert_renders_cleanly, survivorship_marks
 
-import grid
+from normrepro import grid
 
 pytestmark = pytest.mark.slow
 

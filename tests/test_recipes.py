@@ -10,11 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import grid
-import optim
-from models import build_model
-from norms import norm_layer_groups
-from run_config import resolve_run_config
+from normrepro import grid, optim
+from normrepro.models import build_model
+from normrepro.norms import norm_layer_groups
+from normrepro.run_config import resolve_run_config
 
 PARAMS = grid.load_params()
 

@@ -7,8 +7,7 @@ import json
 import stat
 from pathlib import Path
 
-import aggregate
-import record_failure
+from normrepro import aggregate, record_failure
 
 
 def test_failed_run_under_slurm_names_the_slurm_log(tmp_path, monkeypatch):

@@ -12,12 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import aggregate
-import catalog
-import grid
-import report
-import studies
-from studies import common
+from normrepro import aggregate, catalog, grid, report, studies
+from normrepro.studies import common
 
 FIXTURES = Path(__file__).parent / "fixtures" / "report"
 T975 = {1: 12.706205, 2: 4.302653, 3: 3.182446, 4: 2.776445}  # Student t 0.975 quantiles (table)

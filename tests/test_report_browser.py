@@ -21,8 +21,7 @@ from pathlib import Path
 import pytest
 from test_report import fixture_studies, partial_runs, write_smoke_results
 
-import grid
-import report
+from normrepro import grid, report
 
 CHROMIUM = shutil.which("chromium") or (
     "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None

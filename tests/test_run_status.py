@@ -17,9 +17,7 @@ from pathlib import Path
 import pytest
 from test_train import make_cfg, write_cfg
 
-import aggregate
-import checkpoint
-import run_status
+from normrepro import aggregate, checkpoint, run_status
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,8 +75,7 @@ def test_live_trainer_reads_running_then_failed_once_killed(tmp_path):
 
 HOLDER = """
 import sys, time
-sys.path.insert(0, {src!r})
-import run_status
+from normrepro import run_status
 with run_status.hold(*sys.argv[1:]):
     print("held", flush=True)
     time.sleep(60)

@@ -29,7 +29,7 @@ import pandas as pd
 import pytest
 from slurm_cluster import PARTITION, SlurmCluster, missing_binaries
 
-import grid
+from normrepro import grid
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

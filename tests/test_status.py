@@ -23,9 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import grid
-import run_status
-import status
+from normrepro import grid, run_status, status
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(sys.executable).parent.parent

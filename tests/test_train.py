@@ -18,10 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import checkpoint
-import grid
-import run_config
-import train
+from normrepro import checkpoint, grid, run_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS_KEYS = {

@@ -8,8 +8,7 @@ import logging
 import pytest
 import torch
 
-import checkpoint
-import io_utils
+from normrepro import checkpoint, io_utils
 
 log = logging.getLogger("test_train_io")
 

@@ -4,9 +4,8 @@ import re
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-import gpu_slots  # noqa: E402
-import grid  # noqa: E402
+from normrepro import gpu_slots
+from normrepro import grid
 
 
 include: "locks.smk"  # a killed run's stale lock is cleared when that is safe

@@ -1,5 +1,5 @@
 # A killed run's stale lock is cleared when that is safe (src/stale_lock.py says how).
-import stale_lock
+from normrepro import stale_lock
 
 try:
     # Only the main process: cluster jobs and subprocesses re-read this Snakefile while it runs.

@@ -14,5 +14,5 @@ rule report:
         effective=EFFECTIVE_PARAMS,
     shell:
         # reports/figures/<study>-<k>.svg: every figure as a file (docs/ shows one)
-        "{params.py} src/report.py --params {params.effective}"
+        "{params.py} -m normrepro.report --params {params.effective}"
         " --out {output.html} --figures reports/figures > {log} 2>&1"

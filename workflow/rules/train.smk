@@ -30,7 +30,7 @@ rule train:
     shell:
         "OMP_NUM_THREADS={threads} {params.py} src/train.py --config {input.config}"
         " --out {params.out} --device {params.device} > {log} 2>&1"
-        " || {params.py} src/record_failure.py --config {input.config} --out {params.out}"
+        " || {params.py} -m normrepro.record_failure --config {input.config} --out {params.out}"
         " --log {log} --exit-code $?"
 
 
@@ -84,7 +84,7 @@ for pack in (p for p in PACKS if len(p) > 1):
         shell:
             "OMP_NUM_THREADS={threads} {params.py} src/train.py {params.runs}"
             " --device {params.device} 2>&1 | tee {log} > /dev/null"
-            " || {params.py} src/record_failure.py {params.runs} {params.logs} --exit-code $?"
+            " || {params.py} -m normrepro.record_failure {params.runs} {params.logs} --exit-code $?"
 
     workflow.ruleorder(name, "train")
     join_train_group(workflow.get_rule(name))
@@ -107,7 +107,7 @@ rule aggregate:
         effective=EFFECTIVE_PARAMS,
         out=lambda wc: f"{RESULTS}/summaries/{wc.study}",
     shell:
-        "{params.py} src/aggregate.py --params {params.effective}"
+        "{params.py} -m normrepro.aggregate --params {params.effective}"
         " --study {wildcards.study} --out {params.out}"
         " --metrics {output.metrics} --curves {output.curves} > {log} 2>&1"
 

@@ -33,4 +33,4 @@ def builder(kind: str):
     """The kind's `build(sd) -> [block, ...]`; ValueError naming the kind and the kinds there are."""
     if kind not in kind_names():
         raise ValueError(f"unknown study kind {kind!r}; allowed: {', '.join(kind_names())}")
-    return importlib.import_module(f"studies.{kind}").build
+    return importlib.import_module(f"normrepro.studies.{kind}").build

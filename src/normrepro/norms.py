@@ -23,7 +23,7 @@ import math
 import torch
 from torch import nn
 
-import catalog
+from normrepro import catalog
 
 # Var(relu(z)) = (1 - 1/pi) / 2 for z ~ N(0, 1), so a scaled-WS conv after a ReLU needs the gain
 # sqrt(2) / sqrt(1 - 1/pi) = 1.71286 to give unit variance again (Brock et al. 2021). NF-ResNets'

@@ -1,7 +1,7 @@
 """Where a grid stands while it runs: per study planned / ok / running / diverged / failed /
 missing, the epoch each running run is at, the wall time so far and an ETA.
 
-    python src/status.py [--params params.yaml] [--config scale=smoke] [--results results] [--json]
+    python -m normrepro.status [--params params.yaml] [--config scale=smoke] [--results results] [--json]
     make status [SCALE=smoke]
 
 Read-only and lock-free: it reads each planned run's folder (src/run_status.py: a run is
@@ -29,8 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-import grid
-import run_status
+from normrepro import grid, run_status
 
 COLUMNS = ("planned", "ok", "running", "diverged", "failed", "missing", "stale", "unreadable")
 FINISHED = ("ok", "diverged")

@@ -1,7 +1,7 @@
 """Render reports/index.html: every enabled study as its paper-style table and figure, our numbers
 as mean ± 95% CI (n) in percent with the published number beside them.
 
-    python src/report.py --params params.yaml --results results --out reports/index.html \
+    python -m normrepro.report --params params.yaml --results results --out reports/index.html \
         [--config scale=smoke] [--summaries results/summaries]
 
 Inputs per study: its aggregate (results/summaries/<study>/: the runs, summary, welch and
@@ -28,13 +28,12 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
-import aggregate
-import grid
-import studies as kinds
-from gitinfo import git
-from io_utils import atomic_write_text
-from status import grid_status, interim_view
-from studies.common import (
+from normrepro import aggregate, grid
+from normrepro import studies as kinds
+from normrepro.gitinfo import git
+from normrepro.io_utils import atomic_write_text
+from normrepro.status import grid_status, interim_view
+from normrepro.studies.common import (
     PROBLEMS,
     StudyData,
     num,
@@ -44,7 +43,7 @@ from studies.common import (
     table,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 

@@ -3,9 +3,9 @@ ImageNet table and public CIFAR-10 reproductions as references."""
 
 from __future__ import annotations
 
-import plots
-import references as ref
-from studies.common import (
+from normrepro import plots
+from normrepro import references as ref
+from normrepro.studies.common import (
     NORM_NAMES,
     SURVIVORSHIP,
     StudyData,

@@ -6,8 +6,8 @@ import math
 
 import pandas as pd
 
-import plots
-from studies.common import (
+from normrepro import plots
+from normrepro.studies.common import (
     StudyData,
     choices_note,
     config_values,

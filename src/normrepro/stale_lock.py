@@ -25,12 +25,9 @@ class StaleLockError(RuntimeError):
     """A killed run's jobs are still alive: starting again would train a run twice."""
 
 
-PIPELINE_SCRIPTS = (
-    "src/train.py",
-    "src/record_failure.py",
-    "src/aggregate.py",
-    "src/report.py",
-)
+# The train rule runs src/train.py; the other jobs run package modules (python -m normrepro.X).
+PIPELINE_SCRIPTS = ("src/train.py",)
+PIPELINE_MODULES = ("normrepro.record_failure", "normrepro.aggregate", "normrepro.report")
 
 
 def _live_jobs(workdir: str) -> list[str]:
@@ -49,7 +46,7 @@ def _live_jobs(workdir: str) -> list[str]:
             ]
         except OSError:  # gone, a zombie, or another user's
             continue
-        if any(a.endswith(PIPELINE_SCRIPTS) for a in argv):
+        if any(a.endswith(PIPELINE_SCRIPTS) or a in PIPELINE_MODULES for a in argv):
             jobs.append(f"{entry.name}: {' '.join(a for a in argv if a)[:200]}")
     return jobs
 

@@ -3,7 +3,7 @@ adds it to every study) and its Welch tests; nothing kind-specific."""
 
 from __future__ import annotations
 
-from studies.common import StudyData
+from normrepro.studies.common import StudyData
 
 
 def build(sd: StudyData) -> list[dict]:

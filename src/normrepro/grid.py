@@ -21,11 +21,10 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import catalog  # noqa: E402
-from io_utils import atomic_write_text  # noqa: E402
+from normrepro import catalog
+from normrepro.io_utils import atomic_write_text
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCHEMA = REPO / "workflow" / "schemas" / "params.schema.yaml"
 STUDY_KINDS = (
     "table2",

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import catalog
+from normrepro import catalog
 
 from .layers import ClassifierHead, init_weights, make_stages, needs_projection
 

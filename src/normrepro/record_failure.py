@@ -16,9 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grid import finished_hash  # noqa: E402
-from io_utils import atomic_write_json, read_json  # noqa: E402
+from normrepro.grid import finished_hash
+from normrepro.io_utils import atomic_write_json, read_json
 
 
 def last_lines(path: Path, n: int = 20) -> str:

@@ -1,6 +1,6 @@
 """The model zoo: `build_model(name, norm, ...)` builds any model of catalog.py with any norm.
 
-from models import build_model
+from normrepro.models import build_model
 model = build_model("resnet20", "gn", groups=8)
 model = build_model("wrn28_10", "gn_ws")          # GN (32 groups, capped) + WS convs
 model = build_model("nf_resnet", "none", blocks_per_stack=1, base_width=8)   # a smoke-sized NF-ResNet
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from torch import nn
 
-import catalog
-from norms import layer_factories
+from normrepro import catalog
+from normrepro.norms import layer_factories
 
 from .nf_resnet import nf_resnet
 from .preact_resnet import preact_resnet, wide_resnet

@@ -3,8 +3,8 @@ a tiny batch size, with the GN paper's ImageNet numbers by method as a reference
 
 from __future__ import annotations
 
-import references as ref
-from studies.common import (
+from normrepro import references as ref
+from normrepro.studies.common import (
     StudyData,
     accuracy_bars,
     by_batch_table,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from io_utils import atomic_write
+from normrepro.io_utils import atomic_write
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"

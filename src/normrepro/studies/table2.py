@@ -3,9 +3,9 @@ GN+WS) and Figure 2 (training loss vs epoch)."""
 
 from __future__ import annotations
 
-import plots
-import references as ref
-from studies.common import (
+from normrepro import plots
+from normrepro import references as ref
+from normrepro.studies.common import (
     StudyData,
     choices_note,
     comparable,

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-import references as ref
-from studies.common import (
+from normrepro import references as ref
+from normrepro.studies.common import (
     StudyData,
     cell_config,
     choices_note,

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from studies.common import StudyData, accuracy_bars, by_batch_table, note, ran, with_series
+from normrepro.studies.common import (
+    StudyData,
+    accuracy_bars,
+    by_batch_table,
+    note,
+    ran,
+    with_series,
+)
 
 CLAIM = (
     "seed 003 (ResNet-34/50 on Oxford Pets): GN alone was worse than BN even at batch 4; "

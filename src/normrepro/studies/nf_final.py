@@ -3,8 +3,8 @@ accuracy, and the training curves."""
 
 from __future__ import annotations
 
-import plots
-from studies.common import (
+from normrepro import plots
+from normrepro.studies.common import (
     StudyData,
     choices_note,
     curve_bands,
@@ -17,7 +17,7 @@ from studies.common import (
     stat_cell,
     table,
 )
-from studies.nf_grid import CHOICES
+from normrepro.studies.nf_grid import CHOICES
 
 SOURCE = "seed 002 (NF-ResNet, Potala): final run, CIFAR-10"
 PUBLISHED = {"lr": 0.01, "batch_size": 64, "epochs": 200, "test_acc": 89.28, "best_val_acc": 89.78}

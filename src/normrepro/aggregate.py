@@ -15,7 +15,7 @@ folder left over from an older grid must not leak into a table. Each planned run
 
 Accuracies stay fractions in [0, 1] here; the report turns them into percent.
 
-    python src/aggregate.py --params params.yaml --study batch_sweep --results results \
+    python -m normrepro.aggregate --params params.yaml --study batch_sweep --results results \
         [--out results/summaries/batch_sweep] [--config scale=smoke] \
         [--metrics results/metrics/batch_sweep.json] [--curves results/curves/batch_sweep.tsv]
 
@@ -35,9 +35,8 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-import grid
-import run_status
-from io_utils import atomic_write_json, atomic_write_text
+from normrepro import grid, run_status
+from normrepro.io_utils import atomic_write_json, atomic_write_text
 
 STATUSES = ("ok", "diverged", "failed", "missing", "stale", "unreadable", "running")
 # Planned-run columns, taken from the resolved run config (groups/channels_per_group: norm_kw).

@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 from markupsafe import Markup
 
-import aggregate
-import catalog
-import plots
+from normrepro import aggregate, catalog, plots
 
 MODEL_NAMES = {
     "resnet20": "ResNet-20",

@@ -14,11 +14,11 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display; must precede pyplot
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.ticker import MaxNLocator
 
 PALETTE = "colorblind"  # seaborn's colour-blind-safe palette
 FIGSIZE = (6.4, 3.8)  # inches; the page scales the SVG to its column width

@@ -14,10 +14,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import augment
-import catalog
-import data
-from grid import config_hash
+from normrepro import augment, catalog, data
+from normrepro.grid import config_hash
 
 # Expected type of every key; a tuple allows several, None allows null. float accepts ints.
 TOP_KEYS: dict[str, Any] = {
