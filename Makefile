@@ -8,7 +8,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := .make
 
-.PHONY: smoke laptop test test-fast lint format install data full clean-results status report chromium
+.PHONY: smoke laptop test test-fast lint format install data full clean-results status report chromium \
+	gpu-check gpu-check-cpu gpu-check-wheels
 
 $(STAMP)/venv: pyproject.toml
 	@mkdir -p $(STAMP)
@@ -60,16 +61,53 @@ full: install
 	@echo "Report: $(CURDIR)/reports/index.html"
 
 # While a grid runs, from any terminal; both read the run folders only (never Snakemake's lock or
-# the grid's summaries). SCALE=smoke for a grid started with --config scale=smoke.
+# the grid's summaries). They act on the grid the last `snakemake` ran here (results/last-grid.json:
+# its scale, data and every --configfile / --config it was given), and say which; SCALE=<scale>
+# for params.yaml's grid at another scale.
 #   make status   per study: planned / ok / running (and its epoch) / diverged / failed / missing,
 #                 wall time so far, ETA
 #   make report   reports/index.html from the runs finished so far, with an interim banner and
 #                 the running runs' last epochs (the final report once every run has finished)
+GRID_ARGS = $(if $(SCALE),--config scale=$(SCALE),--last-grid)
+
 status:
-	@$(BIN)/python -m normrepro.status $(if $(SCALE),--config scale=$(SCALE))
+	@$(BIN)/python -m normrepro.status $(GRID_ARGS)
 
 report:
-	$(BIN)/python -m normrepro.report --interim $(if $(SCALE),--config scale=$(SCALE))
+	$(BIN)/python -m normrepro.report --interim $(GRID_ARGS)
+
+# The GPU check (benchmarks/gpu_check.py; README "GPU check"): on a machine with one NVIDIA GPU,
+# <= 8 min. It needs torch and the project's own code, not this Makefile's .venv (a GPU image
+# has its own torch): GPU_PY is the .venv's python when there is one, else python3, and the
+# package is imported from src/. The CIFAR-10 JPEG subset for its parity runs: data/cifar10-jpeg,
+# or the tarball (copied into data/ or beside the checkout in ../shared/data/), extracted.
+#   make gpu-check [GPU_CHECK_OUT=dir] [ARGS=--write-policy]
+#   make gpu-check-cpu     the same code paths, tiny sizes, on the CPU (what tests/ runs)
+#   make gpu-check-wheels  here, with internet: wheels of the trainer's imports that a GPU image
+#                          may lack (jsonschema and its needs, PyYAML, tqdm), for a GPU machine
+#                          without internet; installed by gpu-check when jsonschema is missing
+GPU_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+GPU_CHECK_OUT ?= benchmarks/gpu-check
+GPU_WHEELS := data/gpu-check-wheels
+GPU_SITE := /tmp/normrepro-gpu-check-site
+GPU_PYVER ?= 3.12
+DATA_TARBALL ?= $(firstword $(wildcard data/cifar10-jpeg-10k.tar.gz ../shared/data/cifar10-jpeg-10k.tar.gz))
+GPU_CHECK = PYTHONPATH=src$(if $(wildcard $(GPU_WHEELS)/*.whl),:$(GPU_SITE))$${PYTHONPATH:+:$$PYTHONPATH} \
+	$(GPU_PY) benchmarks/gpu_check.py
+
+gpu-check:
+	@if ls $(GPU_WHEELS)/*.whl >/dev/null 2>&1 && ! $(GPU_PY) -c "import jsonschema, yaml, tqdm" 2>/dev/null; then \
+	  $(GPU_PY) -m pip install -q --no-index --no-deps --target $(GPU_SITE) $(GPU_WHEELS)/*.whl; fi
+	$(GPU_CHECK) --out $(GPU_CHECK_OUT) $(if $(DATA_TARBALL),--data-tarball $(DATA_TARBALL)) $(ARGS)
+
+gpu-check-cpu:
+	$(GPU_CHECK) --cpu --out /tmp/normrepro-gpu-check-cpu $(ARGS)
+
+gpu-check-wheels: install
+	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PYVER) \
+	  --implementation cp --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d $(GPU_WHEELS) jsonschema==4.26.0 jsonschema-specifications==2025.9.1 \
+	  referencing==0.37.0 rpds-py==2026.9.1 attrs==26.1.0 pyyaml==6.0.3 tqdm==4.70.1
 
 test: install data chromium
 	$(BIN)/python -m pytest -q

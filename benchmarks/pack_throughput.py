@@ -1,33 +1,41 @@
 """Packed seeds (src/packing.py): K runs trained as one fused model vs the same K runs one after
-another, images/s, in one process; and what runtime.pack `auto` chooses (src/grid.py AUTO_PACK).
+another, images/s, in one process; and what runtime.pack `auto` chooses from them
+(src/normrepro/pack_policy.py).
 
     python benchmarks/pack_throughput.py [--batch-sizes 2 8 32 128] [--packs 2 5] [--norms bn gn]
-        [--images 512] [--repeats 3] [--threads N] [--device auto] [--switches]
+        [--images 512] [--rounds 3] [--threads N] [--device auto] [--switches]
+        [--write-policy]
 
 separate   K EpochLoops of one run each (how src/train.py trains a pack of one), each running
            one epoch of --images images: K x --images images in all.
 packed     one EpochLoop of a pack of K runs, one epoch of --images images per run.
-Both are src/train.py's EpochLoop.run_epoch as the trainer runs it (per-run augmentation from
+Both are loop.py's EpochLoop.run_epoch as the trainer runs it (per-run augmentation from
 each run's generator, per-step lr, loss bookkeeping) on CIFAR-shaped synthetic uint8 images,
-with the device's runtime switches (train.DEVICE_SWITCHES). The variants run interleaved,
---repeats times; each reports its best round (the least disturbed on a shared machine).
+with the device's runtime switches (loop.DEVICE_SWITCHES). The two run interleaved, --rounds
+times; each round gives one packed / separate ratio (its two halves ran back to back, so a slow
+drift of a shared machine's load cancels out), and a cell reports the median ratio and the
+lowest and highest round: one round is too noisy to choose from on a shared machine.
+--write-policy records the cells in benchmarks/pack_policy.json (the file `auto` reads) for this
+device type, with this command, the date and the machine; the other device types are kept.
 --switches adds a table for the switches themselves: channels_last vs NCHW, bf16 autocast vs
-fp32 (each a ratio of images/s, packs of 1 and of the largest K).
+fp32 (each a ratio of images/s, packs of 1 and of the largest K; best of the rounds).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 
 import torch
 
-from normrepro import data, grid
+from normrepro import data, pack_policy
 from normrepro.augment import make_batch_transform
+from normrepro.loop import DEVICE_SWITCHES, EpochLoop
 from normrepro.models import build_model
 from normrepro.packing import PackedModel
-from normrepro.train import DEVICE_SWITCHES, EpochLoop, cpu_name
+from normrepro.train import cpu_name
 
 
 def make_loop(norm, batch, k, splits, device, channels_last: bool, bf16: bool) -> EpochLoop:
@@ -67,22 +75,44 @@ def timed_epoch(loops: list[EpochLoop], device) -> float:
     return time.perf_counter() - t0
 
 
-def best_rates(variants: dict[str, list[EpochLoop]], images, repeats: int, device) -> dict:
-    """name -> best images/s (all runs' images) over `repeats` interleaved rounds of one epoch
-    of `images` (a data.TensorSet) per run."""
+def round_rates(variants: dict[str, list[EpochLoop]], images, rounds: int, device) -> dict:
+    """name -> images/s (all runs' images) of each of `rounds` interleaved rounds of one epoch
+    of `images` (a data.TensorSet) per run, after one untimed warm-up epoch of two batches."""
     for loops in variants.values():  # warm-up: allocator, kernels, first-call overheads
         for loop in loops:
             n = 2 * loop.batch_size
             loop.train_set = data.TensorSet(images.x[:n], images.y[:n])
         timed_epoch(loops, device)
-    best = dict.fromkeys(variants, 0.0)
-    for _ in range(repeats):
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
         for name, loops in variants.items():
             for loop in loops:
                 loop.train_set = images
             n_images = len(images) * sum(loop.members for loop in loops)
-            best[name] = max(best[name], n_images / timed_epoch(loops, device))
-    return best
+            rates[name].append(n_images / timed_epoch(loops, device))
+    return rates
+
+
+def best_rates(variants: dict[str, list[EpochLoop]], images, rounds: int, device) -> dict:
+    """name -> the best round's images/s (the least disturbed on a shared machine)."""
+    return {k: max(v) for k, v in round_rates(variants, images, rounds, device).items()}
+
+
+def pack_cell(norm, batch, k, splits, images, args, device, cl, bf16) -> dict:
+    """One (norm, batch, K) cell: per-round packed / separate ratios, median and range."""
+    variants = {
+        "separate": [make_loop(norm, batch, 1, splits, device, cl, bf16)] * k,
+        "packed": [make_loop(norm, batch, k, splits, device, cl, bf16)],
+    }
+    rates = round_rates(variants, images, args.rounds, device)
+    ratios = [p / s for p, s in zip(rates["packed"], rates["separate"], strict=True)]
+    return {
+        "norm": norm, "batch": batch, "k": k, "rounds": len(ratios),
+        "median": round(statistics.median(ratios), 3),
+        "low": round(min(ratios), 3), "high": round(max(ratios), 3),
+        "separate_ips": statistics.median(rates["separate"]),
+        "packed_ips": statistics.median(rates["packed"]),
+    }  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,11 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--packs", type=int, nargs="+", default=[2, 5], help="runs per pack (K)")
     ap.add_argument("--norms", nargs="+", default=["bn", "gn"])
     ap.add_argument("--images", type=int, default=512, help="training images per run and round")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rounds", "--repeats", type=int, default=3, help="timed rounds per cell")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--switches", action="store_true", help="also time channels_last and bf16")
+    ap.add_argument("--write-policy", action="store_true",
+                    help="record the ratios in benchmarks/pack_policy.json for this device")  # fmt: skip
     args = ap.parse_args(argv)
+    if args.rounds < 1 or args.images < 1:
+        ap.error(f"--rounds and --images must be >= 1; got {args.rounds} and {args.images}")
     cuda = args.device != "cpu" and torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     if args.threads:
@@ -104,34 +138,36 @@ def main(argv: list[str] | None = None) -> int:
     cfg = {"name": "synthetic", "train_subset": size, "test_subset": 10, "val_size": 0}
     splits = data.load_splits(cfg, device)
     images = data.TensorSet(splits.train.x[: args.images], splits.train.y[: args.images])
-    name = torch.cuda.get_device_name(device) if cuda else f"{cpu_name()}"
-    print(f"# {device.type}: {name}, {torch.get_num_threads()} threads | torch {torch.__version__}")
+    name = torch.cuda.get_device_name(device) if cuda else cpu_name()
+    machine = name if cuda else f"{name}, {torch.get_num_threads()} threads"
+    print(f"# {device.type}: {machine} | torch {torch.__version__}")
     switches = DEVICE_SWITCHES[device.type]
     cl, bf16 = switches["channels_last"], switches["bf16"]
     print(f"# resnet20 (0.27M params), 3x32x32, channels_last={cl}, bf16={bf16}")
-    print(f"# images/s over all runs: best of {args.repeats} rounds of {args.images} images a run")
-    head = ("norm", "batch", "K", "separate", "packed", "packed/sep", "auto packs")
+    print(f"# packed/separate images/s: median [lowest, highest] of {args.rounds} interleaved "
+          f"rounds of {args.images} images a run")  # fmt: skip
+    head = ("norm", "batch", "K", "separate", "packed", "packed/sep", "range")
     print("".join(f"{h:>12}" for h in head))
-    worst_auto = None
+    cells = []
     for norm in args.norms:
         for batch in args.batch_sizes:
             for k in args.packs:
-                variants = {
-                    "separate": [make_loop(norm, batch, 1, splits, device, cl, bf16)] * k,
-                    "packed": [make_loop(norm, batch, k, splits, device, cl, bf16)],
-                }
-                rate = best_rates(variants, images, args.repeats, device)
-                ratio = rate["packed"] / rate["separate"]
-                auto = grid.pack_size("auto", batch, device.type)
-                if auto > 1:
-                    worst_auto = ratio if worst_auto is None else min(worst_auto, ratio)
-                row = (norm, batch, k, f"{rate['separate']:.0f}", f"{rate['packed']:.0f}",
-                       f"{ratio:.2f}", f"K={auto}" if auto > 1 else "no")  # fmt: skip
-                print("".join(f"{c:>12}" for c in row), flush=True)
-    policy = grid.AUTO_PACK[device.type]
-    print(f"# auto on {device.type}: packs up to {policy['size']} runs at batch <= "
-          f"{policy['max_batch']}; worst packed/separate where it packs: "
-          f"{'-' if worst_auto is None else f'{worst_auto:.2f}'}")  # fmt: skip
+                c = pack_cell(norm, batch, k, splits, images, args, device, cl, bf16)
+                cells.append(c)
+                row = (norm, batch, k, f"{c['separate_ips']:.0f}", f"{c['packed_ips']:.0f}",
+                       f"{c['median']:.2f}", f"{c['low']:.2f}-{c['high']:.2f}")  # fmt: skip
+                print("".join(f"{v:>12}" for v in row), flush=True)
+    chosen = pack_policy.choose(cells)
+    print("# auto from this measurement (lowest median over norms, K if > "
+          f"{pack_policy.MIN_GAIN}x): "
+          + "; ".join(f"batch {b}: K={k} ({r:.2f}x)" for b, (k, r) in chosen.items()))  # fmt: skip
+    if args.write_policy:
+        command = "python benchmarks/pack_throughput.py " + " ".join(argv or sys.argv[1:])
+        path = pack_policy.record(device.type, cells, command.strip(), machine,
+                                  torch=torch.__version__, model="resnet20",
+                                  images_per_round=args.images)  # fmt: skip
+        print(f"# wrote {path}")
+    print(f"# {pack_policy.describe(device.type)}")
     if args.switches:
         switch_table(args, splits, images, device)
     return 0
@@ -150,7 +186,7 @@ def switch_table(args, splits, images, device) -> None:
                     "channels_last": [make_loop(norm, batch, k, splits, device, True, False)],
                     "bf16": [make_loop(norm, batch, k, splits, device, False, True)],
                 }
-                rate = best_rates(variants, images, args.repeats, device)
+                rate = best_rates(variants, images, args.rounds, device)
                 row = (norm, batch, k, f"{rate['channels_last'] / rate['plain']:.2f}",
                        f"{rate['bf16'] / rate['plain']:.2f}")  # fmt: skip
                 print("".join(f"{c:>14}" for c in row), flush=True)

@@ -5,8 +5,8 @@ conventional PIL + DataLoader loop, for ResNet-20 with BN and GN, in one process
         [--batch-sizes 8 128] [--norms bn gn] [--model resnet20] [--device auto] [--workers 0 2]
         [--threads N]
 
-bare       train.EpochLoop.step on one fixed, already normalized batch: the compute ceiling.
-loop       train.EpochLoop.run_epoch, exactly as src/train.py runs it: uint8 images on the
+bare       loop.EpochLoop.step on one fixed, already normalized batch: the compute ceiling.
+loop       loop.EpochLoop.run_epoch, exactly as src/train.py runs it: uint8 images on the
            device, batched random crop + flip + normalization, per-step lr and loss bookkeeping.
 reference  a torchvision VisionDataset of PIL images with RandomCrop(32, padding=4),
            RandomHorizontalFlip, ToTensor, Normalize; DataLoader(shuffle, --workers: one
@@ -33,9 +33,10 @@ from torchvision.datasets import VisionDataset
 
 from normrepro import data
 from normrepro.augment import make_batch_transform
+from normrepro.loop import EpochLoop
 from normrepro.models import build_model
 from normrepro.packing import PackedModel
-from normrepro.train import EpochLoop, cpu_name
+from normrepro.train import cpu_name
 
 
 class PILImages(VisionDataset):

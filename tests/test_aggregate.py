@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from normrepro import aggregate, grid
+from normrepro import aggregate, config, grid
+from normrepro.runs import run_dir
 
 # Student t 0.975 quantiles from a printed table (df -> t), independent of scipy.
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}
@@ -18,6 +19,7 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}
 
 def cfg(run_id, norm="bn", bs=8, seed=0, groups=None, study="s"):
     return {
+        "grid": "g",  # the grid folder: results/runs/g/<study>/<run>
         "study": study,
         "run_id": run_id,
         "model": "resnet20",
@@ -60,7 +62,7 @@ def test_collect_runs_gives_each_planned_run_one_status(tmp_path):
     by = {c["run_id"]: c for c in cfgs}
 
     def rdir(name):
-        d = tmp_path / "runs" / "s" / name
+        d = tmp_path / "runs" / "g" / "s" / name
         d.mkdir(parents=True, exist_ok=True)
         return d
 
@@ -113,9 +115,9 @@ def test_collect_runs_gives_each_planned_run_one_status(tmp_path):
     assert "badjson/metrics.json" in bad and "not valid JSON" in bad and "Traceback" not in bad
     assert "nofield/metrics.json" in row.loc["nofield", "note"]
     assert "best_val_acc" in row.loc["nofield", "note"]
-    assert row.loc["log", "log_path"] == str(tmp_path / "runs/s/log/train.log")
+    assert row.loc["log", "log_path"] == str(tmp_path / "runs/g/s/log/train.log")
     assert row.loc["recorded", "log_path"] == "logs/x.log"
-    assert row.loc["marker", "log_path"] == str(tmp_path / "runs/s/marker/train.log")
+    assert row.loc["marker", "log_path"] == str(tmp_path / "runs/g/s/marker/train.log")
     assert runs["groups"].isna().all()  # BN: no groups
 
 
@@ -236,23 +238,23 @@ def test_history_bands_mean_and_ci():
 
 
 def test_cli_on_a_partial_grid(tmp_path, capsys):
-    params = grid.load_params(grid.REPO / "params.yaml", {"scale": "smoke"})
+    params = config.load_params(config.REPO / "params.yaml", {"scale": "smoke"})
     cfgs = grid.study_runs(params, "batch_sweep")
     results = tmp_path / "results"
     for i, c in enumerate(cfgs[: len(cfgs) // 2]):  # first half done
-        d = grid.run_dir(results, c)
+        d = run_dir(results, c)
         d.mkdir(parents=True)
         (d / "metrics.json").write_text(json.dumps(metrics(c, test_acc=0.8 + 0.01 * i)))
     hist = "epoch\tlr\ttrain_loss\ttrain_acc\tval_loss\tval_acc\ttest_loss\ttest_acc\tseconds\n"
-    (grid.run_dir(results, cfgs[0]) / "history.tsv").write_text(
+    (run_dir(results, cfgs[0]) / "history.tsv").write_text(
         hist + "1\t0.1\t2\t.1\t2\t.1\t2\t.1\t1\n"
     )
-    crashed = grid.run_dir(results, cfgs[-1])
+    crashed = run_dir(results, cfgs[-1])
     crashed.mkdir(parents=True)
     (crashed / "train.log").write_text("CUDA out of memory\n")
 
     out = tmp_path / "agg"
-    argv = ["--params", str(grid.REPO / "params.yaml"), "--study", "batch_sweep"]
+    argv = ["--params", str(config.REPO / "params.yaml"), "--study", "batch_sweep"]
     argv += ["--config", "scale=smoke", "--results", str(results), "--out", str(out)]
     argv += [
         "--metrics",

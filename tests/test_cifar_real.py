@@ -1,5 +1,5 @@
 """Real CIFAR-10 through the laptop scale's own loader path: the run config the laptop grid
-trains (BN, its largest batch, ResNet-8), shortened to two epochs on 3,000 real images.
+trains (BN, its largest batch, ResNet-8), shortened to two epochs on 2,500 real images.
 
 The images come from ../shared/data/cifar10-jpeg-10k.tar.gz (real CIFAR-10 as JPEG files, the
 workplace's offline copy), extracted into a temporary folder; users' runs download CIFAR-10 with
@@ -16,7 +16,7 @@ import pytest
 import yaml
 from test_train import metrics, run
 
-from normrepro import grid
+from normrepro import config, grid
 
 ROOT = Path(__file__).resolve().parents[1]
 TARBALL = ROOT.parent / "shared" / "data" / "cifar10-jpeg-10k.tar.gz"
@@ -38,20 +38,21 @@ def jpeg_root(tmp_path_factory) -> Path:
 
 def test_two_epochs_of_real_cifar10_learn_well_above_chance(tmp_path, jpeg_root):
     overlay = yaml.safe_load(OVERLAY.read_text())  # the overlay `make laptop` uses offline
-    params = grid.load_params(overrides=grid.deep_merge(overlay, {"scale": "laptop"}))
+    params = config.load_params(overrides=config.deep_merge(overlay, {"scale": "laptop"}))
     runs = grid.study_runs(params, "batch_sweep")
     largest = max(r["batch_size"] for r in runs)
     cfg = copy.deepcopy(next(r for r in runs if r["norm"] == "bn" and r["batch_size"] == largest))
     assert cfg["data"]["name"] == "imagefolder" and cfg["data"]["test_subset"] is None
-    cfg["data"].update(root=str(jpeg_root), train_subset=3000)
+    cfg["data"].update(root=str(jpeg_root), train_subset=2500)  # images trained on
     cfg["epochs"] = 2
     cfg["runtime"]["threads"] = 2
-    cfg["config_hash"] = grid.config_hash(cfg)
+    cfg["config_hash"] = config.config_hash(cfg)
     code, run_dir = run(tmp_path, cfg)
     assert code == 0
     m = metrics(run_dir)
     log = (run_dir / "train.log").read_text()
-    assert "2500 train / 500 val / 10000 test images" in log  # the whole real test set
+    val = cfg["data"]["val_size"]  # drawn from the pool before the 2,500
+    assert f"2500 train / {val} val / 10000 test images" in log  # the whole real test set
     # Ten classes: chance is 0.10. Two epochs on 2,500 real images reach about twice that.
     assert m["status"] == "ok"
     assert m["test_acc"] > 0.2, m["test_acc"]

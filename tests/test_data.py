@@ -9,13 +9,14 @@ import pytest
 import torch
 from torchvision.io import write_png
 
-from normrepro import data
+from normrepro import data, datasets
 from normrepro.data import (
     DataError,
     balanced_subset,
     check_data_config,
     load_splits,
     make_synthetic,
+    split_train_pool,
 )
 
 torch.set_num_threads(1)
@@ -67,12 +68,22 @@ def test_check_data_config_fills_defaults():
         ({"name": "cifar10", "val_size": 1.5}, "data.val_size: got 1.5"),
         ({"name": "cifar10", "split_seed": True}, "data.split_seed: got True"),
         ({"name": "cifar10", "train_subset": 0}, "data.train_subset: got 0; expected null"),
-        ({"name": "cifar10", "train_subset": 50001}, "data.train_subset: got 50001; cifar10 has"),
+        (
+            {"name": "cifar10", "train_subset": 45001},
+            "data.train_subset: got 45001; at most the 45000",
+        ),
+        (
+            {"name": "cifar10", "train_subset": 49901, "val_size": 100},
+            "of the 50000-image train pool",
+        ),
         ({"name": "fashion-mnist", "test_subset": 10001}, "data.test_subset: got 10001"),
+        (
+            {"name": "cifar10", "test_subset": -1},
+            "data.test_subset: got -1; expected null or an integer >= 0",
+        ),
         ({"name": "cifar10", "image_size": "32"}, "data.image_size: got '32'"),
         ({"name": "imagefolder"}, "data.image_size: got None; imagefolder needs"),
         ({"name": "cifar10", "val_size": 50000}, "data.val_size: got 50000; must be < the 50000"),
-        ({"name": "cifar10", "train_subset": 100, "val_size": 100}, "data.val_size: got 100"),
         ({"name": "synthetic"}, "data.val_size: got 5000; must be < the 2000"),
         ([], "data: got []"),
     ],
@@ -103,7 +114,7 @@ def test_balanced_subset_counts_and_seeding():
 
 
 def synthetic(**kw):
-    return load_splits({"name": "synthetic", "train_subset": 400, "test_subset": 100, **kw})
+    return load_splits({"name": "synthetic", "train_subset": 300, "test_subset": 100, **kw})
 
 
 def test_val_split_ignores_run_seed_and_follows_split_seed():
@@ -114,14 +125,60 @@ def test_val_split_ignores_run_seed_and_follows_split_seed():
     c = synthetic(val_size=100, split_seed=1)
     assert torch.equal(a.val.x, b.val.x) and torch.equal(a.train.x, b.train.x)
     assert set(rows(a.val.x)) != set(rows(c.val.x))
-    full = make_synthetic(400, 100)[0]
+    full = make_synthetic(400, 100)[0]  # the pool: train_subset + val_size images
     for s in (a, c):
         assert (len(s.train), len(s.val), len(s.test)) == (300, 100, 100)
         assert not set(rows(s.train.x)) & set(rows(s.val.x))  # disjoint
         assert sorted(rows(s.train.x) + rows(s.val.x)) == sorted(rows(full.x))  # one pool
         assert torch.bincount(s.val.y).tolist() == [10] * 10
     empty = synthetic(val_size=0)
-    assert empty.val.x.shape == (0, 3, 32, 32) and len(empty.train) == 400
+    assert empty.val.x.shape == (0, 3, 32, 32) and len(empty.train) == 300
+
+
+def test_val_indices_do_not_depend_on_train_subset():
+    # A pool in a shuffled class order (as a real pool's labels come), 10 classes x 100.
+    y = torch.arange(10).repeat_interleave(100)[
+        torch.randperm(1000, generator=torch.Generator().manual_seed(5))
+    ]
+    splits = {n: split_train_pool(y, 200, n, split_seed=0) for n in (100, 550, 800, None)}
+    val = splits[None][0]
+    for n, (val_n, train_n) in splits.items():
+        assert torch.equal(val_n, val)  # the very same indices for every train_subset
+        assert len(train_n) == (n if n is not None else 800)  # train_subset = images trained on
+        assert not set(val_n.tolist()) & set(train_n.tolist())  # disjoint
+        counts = torch.bincount(y[train_n], minlength=10)
+        assert counts.max() - counts.min() <= 1  # the train draw is class-balanced too
+    assert torch.bincount(y[val], minlength=10).tolist() == [20] * 10  # 200 / 10 classes
+    assert sorted(splits[None][1].tolist() + val.tolist()) == list(range(1000))  # all of the pool
+    # The split seed moves the val set; the run never supplies it.
+    assert not torch.equal(split_train_pool(y, 200, 100, split_seed=1)[0], val)
+    with pytest.raises(ValueError, match="data.train_subset: got 801; at most the 800 images"):
+        split_train_pool(y, 200, 801, split_seed=0)
+
+
+def test_val_images_are_the_same_for_every_train_subset(tmp_path):
+    # Through load_splits on a dataset read from files (fashion-mnist layout, 200-image pool).
+    write_fashion(tmp_path / "FashionMNIST" / "raw", n_train=200, n_test=10)
+    cfg = {"name": "fashion-mnist", "root": str(tmp_path), "download": False, "val_size": 50}
+    small, large = (load_splits({**cfg, "train_subset": n}) for n in (60, 150))
+    assert torch.equal(small.val.x, large.val.x) and torch.equal(small.val.y, large.val.y)
+    assert (len(small.train), len(large.train), len(small.val)) == (60, 150, 50)
+    for s in (small, large):
+        assert not set(rows(s.train.x)) & set(rows(s.val.x))
+        assert torch.bincount(s.train.y, minlength=10).tolist() == [len(s.train) // 10] * 10
+        assert torch.bincount(s.val.y, minlength=10).tolist() == [5] * 10
+    with pytest.raises(ValueError, match="data.train_subset: got 151; at most the 150"):
+        load_splits({**cfg, "train_subset": 151})
+
+
+def test_test_subset_zero_is_no_test_set(tmp_path):
+    write_fashion(tmp_path / "FashionMNIST" / "raw", n_train=40, n_test=10)
+    cfg = {"name": "fashion-mnist", "root": str(tmp_path), "download": False, "val_size": 10}
+    s = load_splits({**cfg, "test_subset": 0})
+    assert len(s.test) == 0 and s.test.x.shape == (0, 1, 28, 28)
+    assert (len(s.train), len(s.val)) == (30, 10)
+    assert len(load_splits({**cfg, "test_subset": 4}).test) == 4
+    assert len(synthetic(val_size=10, test_subset=0).test) == 0
 
 
 def test_synthetic_is_learnable_by_nearest_class_mean():
@@ -175,10 +232,10 @@ def test_fashion_mnist_subsets_are_balanced_and_resizable():
         {"name": "fashion-mnist", "root": "/nonexistent", "download": False, "val_size": 200}
         | {"train_subset": 1000, "test_subset": 500, "image_size": 32}
     )
-    assert torch.bincount(s.train.y).tolist() == [80] * 10
+    assert torch.bincount(s.train.y).tolist() == [100] * 10
     assert torch.bincount(s.val.y).tolist() == [20] * 10
     assert torch.bincount(s.test.y).tolist() == [50] * 10
-    assert s.train.x.shape == (800, 1, 32, 32) and s.pixel_mean.shape == (1, 32, 32)
+    assert s.train.x.shape == (1000, 1, 32, 32) and s.pixel_mean.shape == (1, 32, 32)
 
 
 def write_fashion(folder, n_train=20, n_test=10, corrupt=False):
@@ -210,7 +267,7 @@ def test_corrupt_fashion_mnist_names_the_file(tmp_path):
 
 
 def test_missing_fashion_mnist_says_where_and_how(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
+    monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
     with pytest.raises(DataError) as err:
         load_splits({"name": "fashion-mnist", "root": str(tmp_path), "download": False})
     message = str(err.value)
@@ -291,7 +348,7 @@ def test_imagefolder_decodes_resizes_and_caches(tmp_path, monkeypatch):
     def no_decode(*args):
         raise AssertionError("decoded again despite the cache")
 
-    monkeypatch.setattr(data, "_decode", no_decode)
+    monkeypatch.setattr(datasets, "_decode", no_decode)
     again = load_splits(cfg)
     assert torch.equal(again.train.x, s.train.x) and torch.equal(again.test.y, s.test.y)
 

@@ -27,7 +27,7 @@ import pytest
 import torch
 import yaml
 
-from normrepro import aggregate, grid, io_utils, record_failure, report, train
+from normrepro import aggregate, config, grid, io_utils, record_failure, report, runs, train
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -87,6 +87,20 @@ def make_params(epochs: int = 3, n_seeds: int = 2, **study) -> dict:
     }
 
 
+# A study whose runs crash at run time: its imagefolder files are not images. The parse-time
+# checks pass (the files are there, enough for a batch of 32); decoding them fails in the job.
+BROKEN_DATA = {"name": "imagefolder", "root": "broken-images", "image_size": 32, "val_size": 0}
+BROKEN_DATA |= {"train_subset": None, "test_subset": None}
+
+
+def undecodable_images(repo: Path, n_train: int = 32) -> None:
+    for split, n in (("train", n_train), ("test", 1)):
+        folder = repo / BROKEN_DATA["root"] / split / "cat"
+        folder.mkdir(parents=True)
+        for i in range(n):
+            (folder / f"{i}.png").write_bytes(b"not a png")
+
+
 def write_params(repo: Path, params: dict) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -104,12 +118,30 @@ def make_repo(tmp_path: Path, params: dict) -> Path:
     return repo
 
 
+def expand(params: dict) -> list[dict]:
+    """Every run config the grid plans from raw params."""
+    planned = grid.plan(config.apply_preset(config.check_params(params)))
+    return [cfg for cfgs in planned.values() for cfg in cfgs]
+
+
 def planned_configs(repo: Path) -> list[dict]:
-    return grid.expand_runs(grid.load_params(repo / "params.yaml"))
+    return expand(yaml.safe_load((repo / "params.yaml").read_text()))
 
 
 def run_dirs(repo: Path) -> list[Path]:
-    return [grid.run_dir(repo / "results", cfg) for cfg in planned_configs(repo)]
+    return [runs.run_dir(repo / "results", cfg) for cfg in planned_configs(repo)]
+
+
+def grid_folder(repo: Path) -> str:
+    """The grid's folder name under results/<kind>/ (its scale and data)."""
+    return runs.grid_name(config.load_params(repo / "params.yaml"))
+
+
+def job_log(repo: Path, study: str, run_id: str, attempt: int = 0) -> str:
+    """The log of a one-run job (runtime.pack off, or auto where nothing is measured), as the
+    run's failed metrics.json names it."""
+    record = grid.record_path("results", grid_folder(repo), study, run_id, attempt)
+    return str(record.with_suffix(".log"))
 
 
 def snakemake(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -161,9 +193,18 @@ def group_alive(pgid: int) -> bool:
 
 
 def planned_train_jobs(repo: Path) -> set[str]:
-    """'study/run' of every train job `snakemake -n` plans."""
+    """'study/run' of every run `snakemake -n` would train: the runs of each train job it plans
+    that have not finished (a job's finished runs are skipped)."""
     out = snakemake(repo, "-n", "--cores", "1").stdout
-    return set(re.findall(r"output: results/runs/(\S+)/metrics\.json", out))
+    params = config.load_params(repo / "params.yaml")
+    jobs = {(j.study, j.id): j for cfgs in grid.plan(params).values()
+            for j in grid.jobs(cfgs, params["runtime"]["pack"], "cpu")}  # fmt: skip
+    return {
+        f"{study}/{cfg['run_id']}"
+        for study, job in re.findall(r"wildcards: study=(\w+), job=(\S+), attempt=\d+", out)
+        for cfg in jobs[(study, job)].runs
+        if not runs.finished(runs.run_dir(repo / "results", cfg), cfg["config_hash"])
+    }
 
 
 def metrics(run_dir: Path) -> dict:
@@ -192,20 +233,20 @@ def last_attempt(run_dir: Path) -> str:
 
 
 def summary_numbers(repo: Path, study: str = "grid") -> pd.DataFrame:
-    df = pd.read_csv(repo / "results" / "summaries" / study / "summary.csv")
-    return df.select_dtypes("number")
+    folder = repo / "results" / "summaries" / grid_folder(repo) / study
+    return pd.read_csv(folder / "summary.csv").select_dtypes("number")
 
 
 def runs_table(repo: Path, study: str = "grid") -> pd.DataFrame:
-    return pd.read_csv(repo / "results" / "summaries" / study / "runs.csv")
+    return pd.read_csv(repo / "results" / "summaries" / grid_folder(repo) / study / "runs.csv")
 
 
 # ---------------------------------------------------------------------------- the profile
 
 
 def test_the_default_profile_is_in_effect(tmp_path):
-    """keep-going, rerun-incomplete, retries and time-only rerun decisions come from
-    workflow/profiles/default: `snakemake` run from the repository root must pick it up."""
+    """keep-going, rerun-incomplete and retries come from workflow/profiles/default:
+    `snakemake` run from the repository root must pick it up."""
     repo = make_repo(tmp_path, make_params())
     proc = snakemake(repo, "-n", "--cores", "1")
     assert "Using workflow specific profile" in proc.stdout + proc.stderr, (
@@ -329,20 +370,20 @@ def test_after_a_kill_of_snakemake_alone_the_rerun_waits_for_its_jobs(tmp_path):
 
 @pytest.fixture(scope="module")
 def faulty_grid(tmp_path_factory):
-    """A grid with a diverging cell (lr 1000) and a study whose runs crash at run time (an
-    imagefolder root that does not exist passes validation), run once; and what a second
-    invocation then plans."""
+    """A grid with a diverging cell (lr 1000) and a study whose runs crash at run time (image
+    files that do not decode), run once; and what a second invocation then plans."""
     params = make_params(lrs=[0.05, 1000.0])
-    missing = {"name": "imagefolder", "root": "no/such/folder", "image_size": 32, "val_size": 0}
     params["studies"]["broken"] = {
         **params["studies"]["grid"],
         "title": "runs that crash",
         "n_seeds": 1,
         "lrs": [0.05],
-        "data": {**missing, "train_subset": None, "test_subset": None},
+        "data": BROKEN_DATA,
     }
     repo = make_repo(tmp_path_factory.mktemp("faulty"), params)
-    snakemake(repo, "--cores", "2")  # succeeds: a crash is recorded, not raised
+    undecodable_images(repo)
+    # A crash is recorded and the grid goes on; the command still exits 1 at the end.
+    assert snakemake(repo, "--cores", "2", check=False).returncode == 1
     return repo, planned_train_jobs(repo)
 
 
@@ -362,7 +403,9 @@ def test_a_diverged_run_is_recorded_reported_and_not_retried(faulty_grid):
     diverged = runs[runs["lr"] == 1000.0]
     assert len(diverged) == 2 and set(diverged["status"]) == {"diverged"}
     assert set(runs.loc[runs["lr"] == 0.05, "status"]) == {"ok"}  # the rest completed
-    summary = pd.read_csv(repo / "results" / "summaries" / "grid" / "summary.csv")
+    summary = pd.read_csv(
+        repo / "results" / "summaries" / grid_folder(repo) / "grid" / "summary.csv"
+    )
     cell = summary[summary["lr"] == 1000.0].iloc[0]
     assert (cell["n_diverged"], cell["n"]) == (2, 0)  # counted, never averaged
     html = _report(repo)
@@ -376,10 +419,12 @@ def test_a_crashed_run_is_listed_as_failed_with_its_log_and_retried(faulty_grid)
     repo, planned = faulty_grid
     name = broken_run(repo)
     run_id = name.split("/")[1]
-    log = f"results/runs/{name}/job.log"
-    assert metrics(repo / "results" / "runs" / name)["status"] == "failed"
-    assert "no images found under no/such/folder" in (repo / log).read_text()
-    aggregate_out = (repo / "results" / "summaries" / "broken" / "aggregate.log").read_text()
+    log = job_log(repo, "broken", run_id)  # the job's log (results/jobs/<grid>/...)
+    assert metrics(repo / "results" / "runs" / grid_folder(repo) / name)["status"] == "failed"
+    assert "cannot decode broken-images/train/cat/" in (repo / log).read_text()
+    aggregate_out = (
+        repo / "results" / "summaries" / grid_folder(repo) / "broken" / "aggregate.log"
+    ).read_text()
     assert f"failed: {name} (log: {log})" in aggregate_out
     (row,) = runs_table(repo, "broken").to_dict("records")
     assert (row["status"], row["log_path"]) == ("failed", log)
@@ -505,7 +550,7 @@ def test_no_torn_or_missing_file_of_a_run_is_trusted(tmp_path, one_thread):
     """A finished run, damaged as a kill (or a power loss) could leave it, then trained again:
     train.py never reads a damaged file as valid, says what it resumed from, and ends with the
     numbers of the undamaged run."""
-    (cfg,) = grid.expand_runs(grid.resolve_params(make_params(n_seeds=1)))
+    (cfg,) = expand(make_params(n_seeds=1))
     config = tmp_path / "run.json"
     config.write_text(json.dumps(cfg))
     whole = tmp_path / "whole"
@@ -524,35 +569,6 @@ def test_no_torn_or_missing_file_of_a_run_is_trusted(tmp_path, one_thread):
         assert history(d) == history(whole), name
 
 
-def test_the_planner_reruns_exactly_the_unfinished_runs(tmp_path):
-    """grid.sync_run_configs (parse time) makes a run's config older than a metrics.json that
-    finished under it, and newer than any other (failed, half-written, another config's) or
-    than everything (no metrics.json): Snakemake then decides by times alone."""
-    cfgs = grid.expand_runs(grid.resolve_params(make_params(n_seeds=5)))
-    results = tmp_path / "results"
-    grid.sync_run_configs(cfgs, results)
-    good = {"status": "ok", "config_hash": None}
-    contents = [
-        json.dumps({**good, "config_hash": cfgs[0]["config_hash"]}),  # finished
-        json.dumps({**good, "config_hash": cfgs[1]["config_hash"], "status": "failed"}),
-        json.dumps({**good, "config_hash": cfgs[2]["config_hash"]})[:20],  # half-written
-        json.dumps({**good, "config_hash": "another config"}),
-    ]
-    later = time.time() + 50
-    for cfg, text in zip(cfgs, contents, strict=False):
-        path = grid.run_dir(results, cfg) / "metrics.json"
-        path.parent.mkdir(parents=True)
-        path.write_text(text)
-        os.utime(path, (later, later))  # written after the config
-    before = time.time() - 1  # file times are coarser than time.time()
-    grid.sync_run_configs(cfgs, results)
-    c_times = [grid.config_path(results, c).stat().st_mtime for c in cfgs]
-    m_times = [later] * 4
-    assert c_times[0] < m_times[0]
-    assert all(c > m for c, m in zip(c_times[1:4], m_times[1:4], strict=True))
-    assert c_times[4] >= before  # no metrics.json: newer than any summary
-
-
 # ------------------------------------------------------------ results of an older version
 
 
@@ -561,7 +577,7 @@ def fabricate_results(root: Path, n_seeds: int = 3) -> list[Path]:
     write_params(root, make_params(n_seeds=n_seeds))
     dirs = []
     for i, cfg in enumerate(planned_configs(root)):
-        d = grid.run_dir(root / "results", cfg)
+        d = runs.run_dir(root / "results", cfg)
         d.mkdir(parents=True)
         acc = 0.5 + i / 100
         m = {"status": "ok", "config_hash": cfg["config_hash"], "test_acc": acc, "val_acc": acc}
@@ -583,7 +599,7 @@ def test_results_of_an_older_version_give_a_clear_message(tmp_path, monkeypatch,
     (dirs[0] / "metrics.json").write_text(json.dumps(m))
     (dirs[1] / "metrics.json").write_text('{"status": "ok", "test_acc": 0.')
     (dirs[2] / "history.tsv").write_bytes(b"\x00\xff garbage \xfe")
-    runs_csv = tmp_path / "results" / "summaries" / "grid" / "runs.csv"
+    runs_csv = tmp_path / "results" / "summaries" / grid_folder(tmp_path) / "grid" / "runs.csv"
     pd.read_csv(runs_csv).drop(columns="config_hash").to_csv(runs_csv, index=False)
     capsys.readouterr()
 
@@ -680,14 +696,15 @@ def test_aggregate_and_record_failure_on_a_full_disk(tmp_path, monkeypatch, caps
     # A run that crashed before finishing (record_failure keeps a finished run's metrics.json:
     # the runs of a pack that ended before the pack crashed).
     (dirs[0] / "metrics.json").unlink()
-    grid.sync_run_configs(planned_configs(tmp_path), "results")
-    cfg = grid.config_path("results", planned_configs(tmp_path)[0])
+    grid.write_run_configs(planned_configs(tmp_path), "results")
+    cfg = runs.config_path("results", planned_configs(tmp_path)[0])
     before = folder_state(tmp_path / "results")
     capsys.readouterr()
 
     with failing_writes("disk full"), pytest.raises(SystemExit) as err:
         aggregate.main(["--study", "grid"])
-    assert "cannot write the grid aggregate to results/summaries/grid" in str(err.value)
+    folder = f"results/summaries/{grid_folder(tmp_path)}/grid"
+    assert f"cannot write the grid aggregate to {folder}" in str(err.value)
     assert "No space left on device" in str(err.value)
 
     with failing_writes("disk full"):

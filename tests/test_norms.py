@@ -1,13 +1,17 @@
 """Norm registry: each norm against its formula written out here, and its errors."""
 
+import dataclasses
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from test_train import make_cfg, metrics, run
 from torch import nn
 
-from normrepro import catalog
+from normrepro import catalog, norm_registry, optim
+from normrepro.models import build_model
+from normrepro.norm_registry import NormSpec
 from normrepro.norms import (
     GAMMA_RELU,
     BatchNorm2d,
@@ -17,6 +21,7 @@ from normrepro.norms import (
     layer_factories,
     make_norm,
 )
+from normrepro.studies.common import norm_label
 
 torch.set_num_threads(1)
 
@@ -220,3 +225,88 @@ def test_group_norm_on_one_value_per_group_says_why():
     with pytest.raises(ValueError, match=r"in: group norm with 4 groups.*one value per group"):
         make_norm("in", 4)(torch.randn(2, 4, 1, 1))
     assert make_norm("gn", 4, groups=2)(torch.randn(2, 4, 1, 1)).shape == (2, 4, 1, 1)
+
+
+# ---------------------------------------------------------------- a norm added by a new user
+
+
+class RMSGroupNorm(nn.Module):
+    """A norm that is not in the project: each group's (C/G, H, W) values divided by their root
+    mean square (no mean subtracted), then a per-channel gain and shift."""
+
+    def __init__(self, num_channels: int, num_groups: int, eps: float, norm: str):
+        super().__init__()
+        self.num_groups, self.eps = num_groups, eps
+        self.weight = nn.Parameter(torch.ones(num_channels))  # the gain
+        self.bias = nn.Parameter(torch.zeros(num_channels))  # the shift
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, C, H, W]
+        g = x.reshape(x.shape[0], self.num_groups, -1)  # [N, G, C/G * H * W]
+        g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + self.eps)
+        return g.reshape(x.shape) * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+RMS = NormSpec(
+    "RMS norm over (C, H, W) of each image (a test's own norm)",
+    display="RMS",
+    groups="one",
+    layer=f"{__name__}:RMSGroupNorm",
+    conv="torch.nn:Conv2d",
+)
+
+
+@pytest.fixture
+def rms(monkeypatch):
+    """Registers RMS the way README "Extending" says: one row in norm_registry.NORMS."""
+    monkeypatch.setitem(norm_registry.NORMS, "rms", RMS)
+    return "rms"
+
+
+def _exempt_count(run_dir) -> int:
+    """How many parameters the run's optimizer held without weight decay (its checkpoint)."""
+    groups = torch.load(run_dir / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert sorted(g["weight_decay"] for g in groups) == [0.0, 5e-4]
+    return next(len(g["params"]) for g in groups if g["weight_decay"] == 0.0)
+
+
+def test_a_norm_added_in_the_registry_trains_exempt_from_decay_and_shows_its_name(
+    tmp_path, monkeypatch, rms
+):
+    model_kw = {"depth": 8, "base_width": 8}
+    model = build_model("resnet20", rms, **model_kw)
+    gains = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, RMSGroupNorm)}
+    # depth 8: stem + 2 per stage over 8 / 16 / 32 channels, projections on 16, 32: 9 layers
+    assert len(gains) == 9
+    assert gains <= optim.no_decay_names(model)
+    assert catalog.allowed_norms("resnet20")[-1] == rms and rms not in catalog.allowed_norms(
+        "nf_resnet"
+    )
+
+    exempt = {**make_cfg()["optim"], "wd_on_norm": False}
+    code, run_dir = run(tmp_path, make_cfg(norm=rms, epochs=1, model_kw=model_kw, optim=exempt))
+    assert code == 0 and metrics(run_dir)["status"] == "ok"
+    log = (run_dir / "train.log").read_text()
+    assert "norm layers (channels/groups): 8ch/G1 x3, 16ch/G1 x3, 32ch/G1 x3" in log
+    # Not decayed: the 9 gains and 9 shifts, and the classifier's bias (the convs have none).
+    assert _exempt_count(run_dir) == 9 + 9 + 1
+    assert norm_label({"norm": rms}) == "RMS"
+
+    # The row decides: with wd_exempt false the gains are decayed, the shifts (biases) are not.
+    monkeypatch.setitem(norm_registry.NORMS, rms, dataclasses.replace(RMS, wd_exempt=False))
+    assert not gains & optim.no_decay_names(model)
+    code, run_dir = run(
+        tmp_path, make_cfg(norm=rms, epochs=1, model_kw=model_kw, optim=exempt), "decayed"
+    )
+    assert code == 0 and _exempt_count(run_dir) == 9 + 1
+
+
+def test_a_registry_row_that_names_nothing_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(
+        norm_registry.NORMS, "typo", dataclasses.replace(RMS, layer="normrepro.norms:gruop_norm")
+    )
+    with pytest.raises(ValueError, match=r"'normrepro.norms:gruop_norm' names nothing"):
+        make_norm("typo", 8)
+    with pytest.raises(ValueError, match=r"groups='two'.*allowed: none, configurable, one"):
+        dataclasses.replace(RMS, groups="two")
+    with pytest.raises(ValueError, match=r"layer='group_norm'.*'module:attribute'"):
+        dataclasses.replace(RMS, layer="group_norm")

@@ -21,10 +21,21 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from test_faults import make_params, make_repo, planned_configs, run_dirs, snakemake, write_params
+from test_faults import (
+    BROKEN_DATA,
+    expand,
+    grid_folder,
+    make_params,
+    make_repo,
+    planned_configs,
+    run_dirs,
+    snakemake,
+    undecodable_images,
+    write_params,
+)
 from test_train import ROOT, history, make_cfg, metrics
 
-from normrepro import catalog, checkpoint, grid, record_failure, train
+from normrepro import catalog, checkpoint, config, grid, record_failure, runs, train
 from normrepro.models import build_model
 from normrepro.optim import adaptive_clip_grad_, clipped_params, make_optimizer
 from normrepro.packing import PackedModel, PackError, pack_optimizer_states, unpack_optimizer_state
@@ -371,91 +382,115 @@ def test_every_runtime_switch_runs_on_the_cpu(tmp_path, one_thread, monkeypatch)
 # ---------------------------------------------------------------- the planner and the grid
 
 
-def test_the_planner_packs_only_unfinished_runs_and_keeps_packs_stable(tmp_path):
-    params = make_params(n_seeds=5, lrs=[0.05, 0.1])
-    cfgs = grid.expand_runs(grid.resolve_params(params))
+def test_the_grid_fixes_each_pack_and_asks_again_for_one_with_an_unfinished_run(tmp_path):
+    """A pack is a job of the grid: a cell's seeds in chunks of K, whatever is on disk. A pack
+    whose runs all finished is done (its record stands); one with a failed or missing run is
+    asked for again (its next attempt), and trains only that run."""
+    cfgs = expand(make_params(n_seeds=5, lrs=[0.05, 0.1]))
     results = tmp_path / "results"
 
     def plan(setting=3):
-        return [[c["run_id"] for c in p] for p in grid.plan_packs(cfgs, results, setting, "cpu")]
+        return [[c["run_id"] for c in job.runs] for job in grid.jobs(cfgs, setting, "cpu")]
 
     packs = plan()
     # one cell per lr, seeds ascending, chunks of 3
     assert [[r.rsplit("-s", 1)[1] for r in p] for p in packs] == [["0", "1", "2"], ["3", "4"]] * 2
-    assert all(len({grid.cell_key(c) for c in cfgs if c["run_id"] in p}) == 1 for p in packs)
+    assert all(len({runs.cell_key(c) for c in cfgs if c["run_id"] in p}) == 1 for p in packs)
     assert plan("off") == [[r] for p in packs for r in p]
-    assert plan("auto") == plan("off")  # batch 32: more than the CPU policy packs (8)
+    assert plan("auto") == plan("off")  # batch 32: the CPU policy does not pack it
 
-    # The first pack finishes: the others stay as they were, and it is in none.
+    # The first pack finishes: every pack stays as it was; only the first one is done.
+    jobs = grid.jobs(cfgs, 3, "cpu")
     for cfg in cfgs[:3]:
-        d = grid.run_dir(results, cfg)
+        d = runs.run_dir(results, cfg)
         d.mkdir(parents=True)
         (d / "metrics.json").write_text(
             json.dumps({"status": "ok", "config_hash": cfg["config_hash"]})
         )
-    assert plan() == packs[1:]
-    # A failed run is unfinished: packed again.
-    (grid.run_dir(results, cfgs[1]) / "metrics.json").write_text(
+    assert plan() == packs
+    assert [grid.record_attempt(results, job, 0) for job in jobs] == [0, 1, 1, 1]
+    # A failed run is unfinished: its pack is asked for again, and that run is what it trains.
+    (runs.run_dir(results, cfgs[1]) / "metrics.json").write_text(
         json.dumps({"status": "failed", "config_hash": cfgs[1]["config_hash"]})
     )
-    assert plan()[0] == [cfgs[1]["run_id"], *packs[1]][:3]
+    assert grid.record_attempt(results, jobs[0], 0) == 1
+    unfinished = [
+        c["run_id"]
+        for c in jobs[0].runs
+        if not runs.finished(runs.run_dir(results, c), c["config_hash"])
+    ]
+    assert unfinished == [cfgs[1]["run_id"]]
 
 
-def planned_outputs(repo: Path) -> dict[str, list[str]]:
-    """rule -> 'study/run' of each job's metrics.json, as `snakemake -n` plans them."""
+def planned_jobs(repo: Path) -> list[list[str]]:
+    """'study/run' of the runs of each train job `snakemake -n` plans (its pack)."""
     out = snakemake(repo, "-n", "--cores", "1").stdout
-    jobs: dict[str, list[str]] = {}
-    for rule, outputs in re.findall(r"rule (\w+):\n(?:.*\n)*?\s+output: (.*)", out):
-        runs = re.findall(r"results/runs/(\S+?)/metrics\.json", outputs)
-        if runs:
-            jobs.setdefault(rule, []).append(runs)
-    return jobs
+    params = config.load_params(repo / "params.yaml")
+    jobs = {(j.study, j.id): j for cfgs in grid.plan(params).values()
+            for j in grid.jobs(cfgs, params["runtime"]["pack"], "cpu")}  # fmt: skip
+    found = re.findall(r"wildcards: study=(\w+), job=(\S+), attempt=\d+", out)
+    return [[f"{study}/{c['run_id']}" for c in jobs[(study, job)].runs] for study, job in found]
+
+
+def to_train(repo: Path) -> set[str]:
+    """The runs the planned train jobs would train: their runs that have not finished."""
+    by_name = {f"{c['study']}/{c['run_id']}": c for c in planned_configs(repo)}
+    return {
+        name
+        for pack in planned_jobs(repo)
+        for name in pack
+        if not runs.finished(
+            runs.run_dir(repo / "results", by_name[name]), by_name[name]["config_hash"]
+        )
+    }
 
 
 @pytest.mark.slow
 def test_packed_grid_reruns_failures_and_adds_seeds_alone(tmp_path):
     """With runtime.pack 2: one job per pack; a crashing pack records `failed` for each of its
-    runs with its log; the next invocation plans only those; a new seed runs alone."""
+    runs with its log; the next invocation trains only those; a new seed trains alone."""
     params = make_params(n_seeds=3)
     params["runtime"]["pack"] = 2
-    missing = {"name": "imagefolder", "root": "no/such/folder", "image_size": 32, "val_size": 0}
     params["studies"]["broken"] = {
         **params["studies"]["grid"],
         "title": "runs that crash",
-        "data": {**missing, "train_subset": None, "test_subset": None},
+        "data": BROKEN_DATA,
     }
     repo = make_repo(tmp_path, params)
-    jobs = planned_outputs(repo)
-    packs = sorted(runs for rule, r in jobs.items() if rule.startswith("train_pack_") for runs in r)
-    assert [len(p) for p in packs] == [2, 2] and len(jobs["train"]) == 2  # s0+s1 packed, s2 alone
-    snakemake(repo, "--cores", "2")
+    undecodable_images(repo)
+    jobs = planned_jobs(repo)
+    packs = sorted(p for p in jobs if len(p) > 1)
+    assert [len(p) for p in packs] == [2, 2] and len(jobs) - len(packs) == 2  # s0+s1, s2 alone
+    assert snakemake(repo, "--cores", "2", check=False).returncode == 1  # runs failed
 
-    for d in run_dirs(repo):
-        m = metrics(d)
-        if d.parent.name == "grid":
-            assert m["status"] == "ok", d.name
-        else:
-            log = f"results/runs/broken/{d.name}/job.log"
-            assert (m["status"], m["log_path"]) == ("failed", log)
-            assert "no images found under no/such/folder" in (repo / log).read_text()
-    packed = [repo / "results" / "runs" / r for r in packs[1]]  # grid's pack: a real pack
+    name = grid_folder(repo)
+    for job in grid.jobs([c for c in planned_configs(repo)], 2, "cpu"):
+        log = str(grid.record_path("results", name, job.study, job.id, 0).with_suffix(".log"))
+        for cfg in job.runs:
+            m = metrics(runs.run_dir(repo / "results", cfg))
+            if job.study == "grid":
+                assert m["status"] == "ok", cfg["run_id"]
+            else:
+                assert (m["status"], m["log_path"]) == ("failed", log)
+                assert "cannot decode broken-images/train/cat/" in (repo / log).read_text()
+    packed = [runs.run_dir(repo / "results", c) for c in planned_configs(repo)
+              if f"{c['study']}/{c['run_id']}" in packs[1]]  # fmt: skip
+    assert len(packed) == 2  # grid's pack: a real pack
     assert all(
         "packed: 2 runs trained as one model" in (d / "train.log").read_text() for d in packed
     )
 
     broken = {f"broken/{d.name}" for d in run_dirs(repo) if d.parent.name == "broken"}
-    again = planned_outputs(repo)
-    assert {r for runs in again.values() for p in runs for r in p} == broken
+    assert to_train(repo) == broken
 
     params["studies"]["grid"]["n_seeds"] = 4
     write_params(repo, params)
-    again = planned_outputs(repo)
-    new = {r for runs in again.values() for p in runs for r in p} - broken
+    new = to_train(repo) - broken
     assert new == {f"grid/{planned_configs(repo)[3]['run_id']}"}  # only the new seed
 
 
 def test_a_crashed_pack_records_its_unfinished_runs_as_failed(tmp_path):
-    cfgs = [{**c, "config_hash": grid.config_hash(c)} for c in seeds_of_one_cell((0, 1))]
+    cfgs = [{**c, "config_hash": config.config_hash(c)} for c in seeds_of_one_cell((0, 1))]
     args = pack_args(tmp_path, cfgs, "crashed")
     dirs = [tmp_path / "crashed" / c["run_id"] for c in cfgs]
     dirs[0].mkdir(parents=True)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from normrepro import grid, optim
+from normrepro import config, grid, optim
 from normrepro.models import build_model
 from normrepro.norms import norm_layer_groups
 from normrepro.run_config import resolve_run_config
 
-PARAMS = grid.load_params()
+PARAMS = config.load_params()
 
 
 def _expected_groups(norm: str, norm_kw: dict, channels: int) -> int | None:
@@ -75,7 +75,7 @@ def test_group_sweep_g16_is_in_only_on_the_first_stage():
 
 @pytest.mark.parametrize("scale", ["full", "smoke", "laptop"])
 def test_resnet20_lr_drops_at_30_60_90_percent_of_the_run(scale):
-    params = grid.load_params(overrides={"scale": scale})
+    params = config.load_params(overrides={"scale": scale})
     for study in ("batch_sweep", "norm_compare"):
         runs = grid.study_runs(params, study)
         if not runs:

@@ -49,3 +49,47 @@ def test_failed_run_under_slurm_names_the_slurm_log(tmp_path, monkeypatch):
     assert json.loads((out / "metrics.json").read_text())["slurm_log_path"] is None
     assert "Slurm log" not in aggregate.read_run(out, "abc")["note"]
     assert Path(job_log).is_file()
+
+
+def test_the_end_of_a_job_records_its_crashed_runs_then_the_job(tmp_path):
+    """record_failure ends every train job: after a crash (exit code != 0) each unfinished run
+    is `failed` and a finished one kept; after a clean exit nothing is recorded; either way the
+    job's record, what Snakemake waits for, lists each run's status as the job left it."""
+    runs = {}
+    for name, status in (("done", "ok"), ("cut", None)):
+        cfg = {"study": "s", "run_id": name, "config_hash": f"h-{name}"}
+        (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
+        out = tmp_path / "runs" / name
+        out.mkdir(parents=True)
+        if status:
+            (out / "metrics.json").write_text(
+                json.dumps({"status": status, "config_hash": cfg["config_hash"]})
+            )
+        runs[name] = out
+    argv = []
+    for name, out in runs.items():
+        argv += ["--config", str(tmp_path / f"{name}.json"), "--out", str(out)]
+    log = tmp_path / "job.log"
+    log.write_text("RuntimeError: boom\n")
+
+    record = tmp_path / "jobs" / "s" / "done-s0-1.0.json"
+    assert (
+        record_failure.main(
+            [*argv, "--log", str(log), "--exit-code", "0", "--job-record", str(record)]
+        )
+        == 0
+    )
+    assert not (runs["cut"] / "metrics.json").exists()  # a clean exit records no failure
+    assert json.loads(record.read_text())["runs"] == {"done": "ok", "cut": None}
+
+    again = tmp_path / "jobs" / "s" / "done-s0-1.1.json"
+    assert (
+        record_failure.main(
+            [*argv, "--log", str(log), "--exit-code", "1", "--job-record", str(again)]
+        )
+        == 0
+    )
+    written = json.loads(again.read_text())
+    assert written["runs"] == {"done": "ok", "cut": "failed"} and written["exit_code"] == 1
+    assert json.loads((runs["done"] / "metrics.json").read_text())["status"] == "ok"  # kept
+    assert json.loads((runs["cut"] / "metrics.json").read_text())["log_path"] == str(log)

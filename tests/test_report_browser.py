@@ -10,7 +10,9 @@ with a deliberate console error and a broken image proves the error capture is n
 import base64
 import contextlib
 import fcntl
+import itertools
 import json
+import math
 import os
 import select
 import shutil
@@ -21,7 +23,7 @@ from pathlib import Path
 import pytest
 from test_report import fixture_studies, partial_runs, write_smoke_results
 
-from normrepro import grid, report
+from normrepro import config, report
 
 CHROMIUM = shutil.which("chromium") or (
     "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
@@ -248,7 +250,7 @@ def survivorship_marks(browser, session: str, study: str) -> list[dict]:
 def test_smoke_report_shows_the_diverged_nf_cell_in_the_figure(browser, tmp_path):
     plan = write_smoke_results(tmp_path / "results")
     page = tmp_path / "reports" / "index.html"
-    args = ["--params", str(grid.REPO / "params.yaml"), "--config", "scale=smoke"]
+    args = ["--params", str(config.REPO / "params.yaml"), "--config", "scale=smoke"]
     assert report.main([*args, "--results", str(tmp_path / "results"), "--out", str(page)]) == 0
 
     assert_renders_cleanly(browser, page, len(plan), tmp_path / "smoke-report.png")
@@ -260,3 +262,73 @@ def test_smoke_report_shows_the_diverged_nf_cell_in_the_figure(browser, tmp_path
     for study in plan:
         if study != "nf_grid":
             assert survivorship_marks(browser, session, study) == [], study
+
+
+# Every text of every figure: its box's four corners on the page (so a turned label is measured
+# as drawn, not as its upright bounding rectangle) and its font size in CSS pixels as shown.
+TEXT_BOXES = """JSON.stringify([...document.querySelectorAll('figure svg')].map(svg =>
+  [...svg.querySelectorAll('text')].filter(t => t.textContent.trim()).map(t => {
+    const b = t.getBBox(), m = t.getScreenCTM();
+    const at = (x, y) => [m.a * x + m.c * y + m.e, m.b * x + m.d * y + m.f];
+    return {text: t.textContent.trim(),
+            quad: [at(b.x, b.y), at(b.x + b.width, b.y), at(b.x + b.width, b.y + b.height),
+                   at(b.x, b.y + b.height)],
+            px: parseFloat(getComputedStyle(t).fontSize) * Math.hypot(m.a, m.b)};
+  })))"""
+
+
+def overlap_depth(p: list, q: list) -> float:
+    """How far two convex quadrilaterals overlap, in pixels (0: apart): the smallest overlap of
+    their projections on the normals of their edges (separating axis theorem)."""
+    depth = math.inf
+    for poly in (p, q):
+        for (x1, y1), (x2, y2) in zip(poly, poly[1:] + poly[:1], strict=True):
+            nx, ny = y1 - y2, x2 - x1
+            length = math.hypot(nx, ny)
+            if length == 0:
+                continue
+            a = [(x * nx + y * ny) / length for x, y in p]
+            b = [(x * nx + y * ny) / length for x, y in q]
+            depth = min(depth, min(max(a), max(b)) - max(min(a), min(b)))
+            if depth <= 0:
+                return 0.0
+    return depth
+
+
+def assert_figure_texts_readable(browser, page: Path) -> int:
+    """No two texts of a figure overlap (by more than 1 px) and none is drawn under 9 px, at a
+    laptop-wide window; returns how many texts were measured."""
+    session = browser.open(page.as_uri())
+    figures = json.loads(browser.evaluate(TEXT_BOXES, session))
+    assert figures
+    for texts in figures:
+        for t in texts:
+            assert t["px"] >= 9, f"{t['text']!r} drawn at {t['px']:.1f} px"
+        for a, b in itertools.combinations(texts, 2):
+            depth = overlap_depth(a["quad"], b["quad"])
+            assert depth <= 1.0, f"{a['text']!r} and {b['text']!r} overlap by {depth:.1f} px"
+    return sum(len(t) for t in figures)
+
+
+def test_overlap_measure_sees_overlapping_and_turned_boxes():
+    square = [[0, 0], [10, 0], [10, 10], [0, 10]]
+    assert overlap_depth(square, [[x + 8, y] for x, y in square]) == pytest.approx(2)
+    assert overlap_depth(square, [[x + 11, y] for x, y in square]) == 0
+    # Two long labels turned 30 degrees, 20 px apart: their upright rectangles would overlap,
+    # the labels themselves do not.
+    c, s = math.cos(math.radians(30)), math.sin(math.radians(30))
+    label = [[0, 0], [60 * c, -60 * s], [60 * c + 8 * s, -60 * s + 8 * c], [8 * s, 8 * c]]
+    assert overlap_depth(label, [[x + 20, y] for x, y in label]) == 0
+
+
+def test_figure_labels_do_not_overlap_and_are_readable(browser, tmp_path):
+    write_smoke_results(tmp_path / "results")
+    smoke = tmp_path / "smoke" / "index.html"
+    params = Path(__file__).resolve().parents[1] / "params.yaml"
+    args = ["--params", str(params), "--config", "scale=smoke"]
+    assert report.main([*args, "--results", str(tmp_path / "results"), "--out", str(smoke)]) == 0
+    full = tmp_path / "full" / "index.html"  # six norms at two batch sizes, long model names
+    full.parent.mkdir()
+    full.write_text(report.render(fixture_studies(), {"scale": "full"}))
+    for page in (smoke, full):
+        assert assert_figure_texts_readable(browser, page) > 50, page

@@ -1,4 +1,4 @@
-"""A run in progress reads as `running`, a killed one as `failed` (resumable): src/run_status.py.
+"""A run in progress reads as `running`, a killed one as `failed` (resumable): normrepro.runs.
 
 The live case holds a REAL trainer process (src/train.py on a tiny synthetic config) and reads its
 run folder from this, another, process; then SIGKILLs it mid-epoch and reads it again.
@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 from test_train import make_cfg, write_cfg
 
-from normrepro import aggregate, checkpoint, run_status
+from normrepro import aggregate, checkpoint, runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def history_rows(run_dir: Path) -> int:
-    """Epochs in history.tsv, counted here independently of run_status."""
+    """Epochs in history.tsv, counted here independently of runs."""
     lines = (run_dir / "history.tsv").read_text().splitlines()
     return len(lines) - 1
 
@@ -47,7 +47,7 @@ def test_live_trainer_reads_running_then_failed_once_killed(tmp_path):
     try:
         wait_for(lambda: (run_dir / "history.tsv").is_file() and history_rows(run_dir) >= 1,
                  proc=proc)  # fmt: skip
-        state = run_status.read_state(run_dir, None)
+        state = runs.read_state(run_dir, None)
         done = history_rows(run_dir)  # read after: an epoch may have ended in between
         assert state["status"] == "running"
         assert state["holder"]["pid"] == proc.pid
@@ -65,7 +65,7 @@ def test_live_trainer_reads_running_then_failed_once_killed(tmp_path):
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not (run_dir / "metrics.json").exists()
-    state = run_status.read_state(run_dir, None)
+    state = runs.read_state(run_dir, None)
     assert state["status"] == "failed" and state["holder"] is None
     assert state["log_path"] == str(run_dir / "train.log")
     assert aggregate.read_run(run_dir, None)["status"] == "failed"
@@ -75,8 +75,8 @@ def test_live_trainer_reads_running_then_failed_once_killed(tmp_path):
 
 HOLDER = """
 import sys, time
-from normrepro import run_status
-with run_status.hold(*sys.argv[1:]):
+from normrepro import runs
+with runs.hold(*sys.argv[1:]):
     print("held", flush=True)
     time.sleep(60)
 """
@@ -90,17 +90,17 @@ def test_lock_of_a_pack_is_held_for_every_member_and_freed_by_sigkill(tmp_path):
     try:
         assert proc.stdout.readline().strip() == "held"
         for m in members:
-            holder = run_status.live_holder(m)
+            holder = runs.live_holder(m)
             assert holder is not None and holder["pid"] == proc.pid
             (m / "train.log").write_text("epoch 1\n")
-            assert run_status.read_state(m, None)["status"] == "running"
+            assert runs.read_state(m, None)["status"] == "running"
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     for m in members:  # the kernel dropped the locks: no cleanup needed
-        assert (m / run_status.LOCK_NAME).exists()
-        assert run_status.live_holder(m) is None
-        assert run_status.read_state(m, None)["status"] == "failed"
+        assert (m / runs.LOCK_NAME).exists()
+        assert runs.live_holder(m) is None
+        assert runs.read_state(m, None)["status"] == "failed"
 
 
 def test_states_without_a_live_trainer(tmp_path):
@@ -111,19 +111,19 @@ def test_states_without_a_live_trainer(tmp_path):
     metrics = {"status": "ok", "config_hash": h, "test_acc": 0.9, "val_acc": 0.8,
                "best_val_acc": 0.85, "wall_s": 3.0}  # fmt: skip
     (ok / "metrics.json").write_text(json.dumps(metrics))
-    (ok / run_status.LOCK_NAME).write_text('{"pid": 1}')  # a finished trainer's file
-    assert run_status.read_state(ok, h)["status"] == "ok"
-    assert run_status.read_state(ok, "hash-other")["status"] == "stale"
-    assert run_status.read_state(tmp_path / "absent", h)["status"] == "missing"
-    with run_status.hold(ok):  # a live trainer rerunning a stale run: running, not stale
-        assert run_status.read_state(ok, "hash-other")["status"] == "running"
-        assert run_status.read_state(ok, h)["status"] == "ok"  # finished is final
-    assert run_status.live_holder(ok) is None
+    (ok / runs.LOCK_NAME).write_text('{"pid": 1}')  # a finished trainer's file
+    assert runs.read_state(ok, h)["status"] == "ok"
+    assert runs.read_state(ok, "hash-other")["status"] == "stale"
+    assert runs.read_state(tmp_path / "absent", h)["status"] == "missing"
+    with runs.hold(ok):  # a live trainer rerunning a stale run: running, not stale
+        assert runs.read_state(ok, "hash-other")["status"] == "running"
+        assert runs.read_state(ok, h)["status"] == "ok"  # finished is final
+    assert runs.live_holder(ok) is None
 
 
 def test_hold_on_an_exception_leaves_no_trace(tmp_path):
     fresh = tmp_path / "fresh"
-    with pytest.raises(RuntimeError), run_status.hold(fresh):
-        assert (fresh / run_status.LOCK_NAME).is_file()
+    with pytest.raises(RuntimeError), runs.hold(fresh):
+        assert (fresh / runs.LOCK_NAME).is_file()
         raise RuntimeError("bad config")
     assert not fresh.exists()

@@ -29,7 +29,8 @@ import pandas as pd
 import pytest
 from slurm_cluster import PARTITION, SlurmCluster, missing_binaries
 
-from normrepro import grid
+from normrepro import config, grid
+from normrepro.runs import run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -166,12 +167,12 @@ def assert_same_summaries(repo: Path, reference: Path, study: str) -> None:
 
 def smoke_study_runs(repo: Path, study: str) -> list[dict]:
     """One study's runs at the smoke scale, as the grid expands them."""
-    return grid.study_runs(grid.load_params(repo / "params.yaml", {"scale": "smoke"}), study)
+    return grid.study_runs(config.load_params(repo / "params.yaml", {"scale": "smoke"}), study)
 
 
 def planned(repo: Path) -> dict[str, list[dict]]:
     """The smoke grid's runs per study, as the grid expands them (`--config scale=smoke`)."""
-    params = grid.load_params(repo / "params.yaml", {"scale": "smoke"})
+    params = config.load_params(repo / "params.yaml", {"scale": "smoke"})
     return {s: grid.study_runs(params, s) for s in grid.studies(params) if s in ONLY or not ONLY}
 
 
@@ -300,7 +301,7 @@ def test_cancelled_and_requeued_jobs_resume_from_their_checkpoints(cluster, loca
     target = f"results/summaries/{FAULT_STUDY}/summary.json"
     runs = smoke_study_runs(repo, FAULT_STUDY)
     assert len(runs) == 2
-    run_dirs = [grid.run_dir(repo / "results", cfg) for cfg in runs]
+    run_dirs = [run_dir(repo / "results", cfg) for cfg in runs]
     first = last_job_id(cluster)
     proc = start(repo, cluster, target, *SLURM_CMD, "--config", "scale=smoke")
     try:
@@ -368,7 +369,10 @@ def test_a_run_that_fails_for_good_is_listed_failed_with_its_log(cluster, tmp_pa
     broken = runs[0]["run_id"]
     (repo / "results" / "runs" / FAULT_STUDY / broken / "history.tsv").mkdir(parents=True)
     target = f"results/summaries/{FAULT_STUDY}/summary.json"
-    out = run_ok(repo, cluster, target, *SLURM_CMD, "--config", "scale=smoke")
+    proc = start(repo, cluster, target, *SLURM_CMD, "--config", "scale=smoke")
+    assert finish(proc, repo, 900) == 1, output_of(repo)[-4000:]  # a run failed: exit status 1
+    out = output_of(repo)
+    assert "1 of 2 runs did not finish" in out and f"{broken}: failed" in out
     table = pd.read_csv(repo / "results" / "summaries" / FAULT_STUDY / "runs.csv")
     table = table.set_index("run_id")
     assert set(table.index) == {cfg["run_id"] for cfg in runs}

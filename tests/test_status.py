@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from normrepro import grid, run_status, status
+from normrepro import config, gpu_slots, grid, status
+from normrepro import runs as run_folder  # `runs` names the planned runs here
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(sys.executable).parent.parent
@@ -47,7 +48,7 @@ def copy_project(dest: Path) -> None:
 
 
 def trainers(work: Path) -> dict[int, set[str]]:
-    """Live src/train.py processes of this copy (read from /proc, not via src/run_status.py):
+    """Live src/train.py processes of this copy (read from /proc, not via src/runs.py):
     pid -> the run folders it trains (a seed pack has one --out per run)."""
     found = {}
     for proc in Path("/proc").iterdir():
@@ -70,7 +71,7 @@ def snapshot(work: Path, runs: list[dict]) -> dict:
     finished = {}
     for cfg in runs:
         try:
-            m = json.loads((grid.run_dir(work / "results", cfg) / "metrics.json").read_text())
+            m = json.loads((run_dir(work, cfg) / "metrics.json").read_text())
             finished[cfg["run_id"]] = m["status"]
         except (OSError, ValueError):
             pass
@@ -81,6 +82,10 @@ def signal_all(pids, sig) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
+
+
+def run_dir(work: Path, cfg: dict) -> Path:
+    return run_folder.run_dir(work / "results", cfg)
 
 
 def total_row(text: str) -> dict:
@@ -98,8 +103,8 @@ def half_grid(tmp_path_factory):
         pytest.skip("make is not installed")
     work = tmp_path_factory.mktemp("status") / "repo"
     copy_project(work)
-    params = grid.load_params(work / "params.yaml")
-    runs = [r for name in grid.studies(params) for r in grid.study_runs(params, name)]
+    params, planned = grid.load(work / "params.yaml")
+    runs = [r for cfgs in planned.values() for r in cfgs]
     assert len(runs) == 12 and {r["study"] for r in runs} == set(KEEP)
     env = {**os.environ, "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ['PATH']}"}
     log = open(work / "grid.log", "w")  # noqa: SIM115 (closed on teardown)
@@ -122,7 +127,7 @@ def half_grid(tmp_path_factory):
                 signal_all(frozen, signal.SIGSTOP)
                 snap = snapshot(work, runs)
                 rows = [
-                    (work / "results/runs" / r["study"] / r["run_id"] / "history.tsv")
+                    (run_dir(work, r) / "history.tsv")
                     for r in runs
                     if r["run_id"] in snap["live"] and r["run_id"] not in snap["finished"]
                 ]
@@ -224,9 +229,7 @@ def test_interim_report_opens_in_chromium_with_banner_and_running_runs(half_grid
 def test_eta_within_two_times_the_measured_rest(half_grid):
     g = half_grid
     assert g["proc"].wait(timeout=900) == 0, (g["work"] / "grid.log").read_text()[-3000:]
-    ends = [
-        (grid.run_dir(g["work"] / "results", r) / "metrics.json").stat().st_mtime for r in g["runs"]
-    ]
+    ends = [(run_dir(g["work"], r) / "metrics.json").stat().st_mtime for r in g["runs"]]
     rest = max(ends) - g["t_status"] - g["paused_s"]
     eta = g["status"]["eta_s"]
     assert eta is not None and rest > 0
@@ -255,7 +258,7 @@ def write_run(rdir: Path, seconds: list[float], started: float | None, ended: fl
     (rdir / "history.tsv").write_text("\n".join([head, *rows]) + "\n")
     (rdir / "train.log").write_text("epoch ...\n")
     if started is not None:
-        (rdir / run_status.LOCK_NAME).write_text(json.dumps({"pid": 1, "started": started}))
+        (rdir / run_folder.LOCK_NAME).write_text(json.dumps({"pid": 1, "started": started}))
     if ended is not None:
         m = {"status": "ok", "config_hash": cfg["config_hash"], "test_acc": 0.5, "val_acc": 0.5,
              "best_val_acc": 0.5, "wall_s": ended - started}  # fmt: skip
@@ -264,8 +267,10 @@ def write_run(rdir: Path, seconds: list[float], started: float | None, ended: fl
 
 
 def test_eta_from_measured_epochs_startup_and_jobs_side_by_side(tmp_path):
-    trims = {n: {"enabled": False} for n in grid.load_params()["studies"] if n != "batch_sweep"}
-    params = grid.load_params(overrides={"scale": "smoke", "smoke": {"studies": trims}})
+    trims = {n: {"enabled": False} for n in config.load_params()["studies"] if n != "batch_sweep"}
+    # every run a job of its own (pack off): the seed-pack case is the next test's
+    overrides = {"scale": "smoke", "smoke": {"studies": trims, "runtime": {"pack": "off"}}}
+    params = config.load_params(overrides=overrides)
     runs = {
         (r["norm"], r["batch_size"], r["seed"]): r for r in grid.study_runs(params, "batch_sweep")
     }
@@ -274,15 +279,15 @@ def test_eta_from_measured_epochs_startup_and_jobs_side_by_side(tmp_path):
     res = tmp_path / "results"
     a, b, d = runs[("bn", 8, 0)], runs[("bn", 8, 1)], runs[("gn", 8, 0)]
     # A: ok, 3 epochs of 10 s, alive [now-100, now-60]: start-up 40 - 30 = 10 s
-    write_run(grid.run_dir(res, a), [10.0] * 3, now - 100, now - 60, a)
+    write_run(run_folder.run_dir(res, a), [10.0] * 3, now - 100, now - 60, a)
     # D: ok, 3 epochs of 20 s, alive [now-90, now-20]: start-up 70 - 60 = 10 s
-    write_run(grid.run_dir(res, d), [20.0] * 3, now - 90, now - 20, d)
+    write_run(run_folder.run_dir(res, d), [20.0] * 3, now - 90, now - 20, d)
     # B: running (its lock held here), 1 epoch of 12 s done 5 s ago, alive since now-30
-    b_dir = grid.run_dir(res, b)
+    b_dir = run_folder.run_dir(res, b)
     write_run(b_dir, [12.0], None, None, b)
     os.utime(b_dir / "history.tsv", (now - 5, now - 5))
-    with run_status.hold(b_dir):
-        (b_dir / run_status.LOCK_NAME).write_text(json.dumps({"pid": 7, "started": now - 30}))
+    with run_folder.hold(b_dir):
+        (b_dir / run_folder.LOCK_NAME).write_text(json.dumps({"pid": 7, "started": now - 30}))
         st = status.grid_status(params, res, now=now)
         view = status.interim_view(st)
     t = st["total"]
@@ -313,10 +318,18 @@ def test_eta_from_measured_epochs_startup_and_jobs_side_by_side(tmp_path):
 def test_eta_counts_a_seed_pack_as_one_job(tmp_path, monkeypatch):
     """The runs of a pack train in one process: they cost one job's time, not one each, and
     occupy one job slot; runs not started yet are costed as the pack plan groups them."""
-    monkeypatch.setattr(grid, "gpu_visible", lambda: False)  # runtime.pack auto: CPU policy
-    trims = {n: {"enabled": False} for n in grid.load_params()["studies"] if n != "batch_sweep"}
-    params = grid.load_params(overrides={"scale": "smoke", "smoke": {"studies": trims}})
-    assert grid.pack_setting(params) == "auto" and grid.AUTO_PACK["cpu"]["max_batch"] >= 8 > 1
+    monkeypatch.setattr(gpu_slots, "usable_gpus", lambda: [])  # runtime.pack auto: CPU policy
+    # A measured CPU policy (pack_policy): K = 2 pays at batch 8 (1.3x), not at 64 (0.8x).
+    policy = tmp_path / "pack_policy.json"
+    ratio = {"norm": "bn", "low": 0, "high": 0, "rounds": 1, "k": 2}
+    policy.write_text(json.dumps({"devices": {"cpu": {"ratios": [
+        {**ratio, "batch": 8, "median": 1.3}, {**ratio, "batch": 64, "median": 0.8}]}}}))  # fmt: skip
+    monkeypatch.setenv("NORMREPRO_PACK_POLICY", str(policy))
+    trims = {n: {"enabled": False} for n in config.load_params()["studies"] if n != "batch_sweep"}
+    overrides = {"scale": "smoke", "smoke": {"studies": trims, "runtime": {"pack": "auto"}}}
+    params = config.load_params(overrides=overrides)
+    assert params["runtime"]["pack"] == "auto"
+    assert grid.pack_size("auto", 8, "cpu") == 2 and grid.pack_size("auto", 64, "cpu") == 1
     runs = {
         (r["norm"], r["batch_size"], r["seed"]): r for r in grid.study_runs(params, "batch_sweep")
     }
@@ -324,15 +337,15 @@ def test_eta_counts_a_seed_pack_as_one_job(tmp_path, monkeypatch):
     res = tmp_path / "results"
     # bn/bs64 seed 0: ok, alone, 3 epochs of 4 s, alive [now-100, now-80]: start-up 20 - 12 = 8
     e = runs[("bn", 64, 0)]
-    write_run(grid.run_dir(res, e), [4.0] * 3, now - 100, now - 80, e)
+    write_run(run_folder.run_dir(res, e), [4.0] * 3, now - 100, now - 80, e)
     # bn/bs8 seeds 0 and 1: one pack process alive since now-30, 1 epoch of 12 s done 5 s ago
-    pack_dirs = [grid.run_dir(res, runs[("bn", 8, s)]) for s in (0, 1)]
+    pack_dirs = [run_folder.run_dir(res, runs[("bn", 8, s)]) for s in (0, 1)]
     for s, rdir in zip((0, 1), pack_dirs, strict=True):
         write_run(rdir, [12.0], None, None, runs[("bn", 8, s)])
         os.utime(rdir / "history.tsv", (now - 5, now - 5))
-    with run_status.hold(*pack_dirs):
+    with run_folder.hold(*pack_dirs):
         for rdir in pack_dirs:
-            (rdir / run_status.LOCK_NAME).write_text(json.dumps({"pid": 7, "started": now - 30}))
+            (rdir / run_folder.LOCK_NAME).write_text(json.dumps({"pid": 7, "started": now - 30}))
         st = status.grid_status(params, res, now=now)
     t = st["total"]
     assert (t["planned"], t["ok"], t["running"], t["missing"]) == (8, 1, 2, 5)

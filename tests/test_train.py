@@ -26,7 +26,7 @@ METRICS_KEYS = {
     "best_epoch",
     "epochs_done", "train_loss", "train_acc", "wall_s", "images_per_sec", "device", "device_name",
     "torch_version", "cuda_version", "git_rev", "git_dirty", "config_hash", "run_id", "study",
-    "n_params", "finished_at",
+    "n_params", "finished_at", "n_train", "n_val", "n_test",
 }  # fmt: skip
 
 
@@ -58,7 +58,7 @@ def make_cfg(**top) -> dict:
         "data": {
             "name": "synthetic",
             "root": "data",
-            "train_subset": 321,  # 300 train + 21 val: 300 % 32 = 12, a partial last batch
+            "train_subset": 300,  # trained on (21 val drawn first): 300 % 32 = 12, a partial last batch
             "test_subset": 200,
             "val_size": 21,
             "split_seed": 0,
@@ -115,6 +115,9 @@ def test_learns_and_writes_the_contract(tmp_path):
     assert 0 <= m["train_acc"] <= 1 and 0 <= m["val_acc"] <= 1
     assert m["best_val_acc"] >= m["val_acc"] and 1 <= m["best_epoch"] <= 3
     assert m["device"] == "cpu" and m["images_per_sec"] > 0 and m["n_params"] > 0
+    # the images the run actually used, as its log line says (train_subset, val, test)
+    log = (run_dir / "train.log").read_text()
+    assert f"{m['n_train']} train / {m['n_val']} val / {m['n_test']} test images" in log
     assert m["config_hash"] == train.resolve_run_config(cfg)["config_hash"]
 
     rows = history(run_dir)
@@ -335,7 +338,7 @@ def test_rerun_after_the_last_epoch_only_writes_metrics(tmp_path):
 
 @pytest.mark.parametrize("scale", ["full", "smoke"])
 def test_every_run_config_of_the_grid_validates(scale):
-    runs = grid.expand_runs(grid.load_params(overrides={"scale": scale}))
+    runs = [c for cfgs in grid.load(overrides={"scale": scale})[1].values() for c in cfgs]
     assert runs
     for cfg in runs:
-        run_config.validate_run_config(cfg)
+        run_config.resolve_run_config(cfg)

@@ -5,7 +5,7 @@ folder left over from an older grid must not leak into a table. Each planned run
 
   ok          metrics.json says ok and was written for this run's current config
   diverged    metrics.json says diverged (counted per cell, never averaged)
-  running     a live trainer holds the run's lock (src/run_status.py), and it has not finished
+  running     a live trainer holds the run's lock (src/normrepro/runs.py), and it has not finished
   failed      metrics.json says failed (src/record_failure.py: the job exited non-zero), or
               there is no metrics.json but a train.log or a `.failed` marker and no live
               trainer (crashed or killed; the next invocation resumes it)
@@ -15,9 +15,9 @@ folder left over from an older grid must not leak into a table. Each planned run
 
 Accuracies stay fractions in [0, 1] here; the report turns them into percent.
 
-    python -m normrepro.aggregate --params params.yaml --study batch_sweep --results results \
-        [--out results/summaries/batch_sweep] [--config scale=smoke] \
-        [--metrics results/metrics/batch_sweep.json] [--curves results/curves/batch_sweep.tsv]
+    python -m normrepro.aggregate --study batch_sweep [--params P | --config scale=smoke |
+        --last-grid] [--results results] [--out results/summaries/GRID/batch_sweep] \
+        [--metrics results/metrics/GRID/batch_sweep.json] [--curves results/curves/GRID/...tsv]
 
 Writes OUT/{runs,summary,welch}.csv, OUT/history.tsv (the ok runs' epochs) and OUT/summary.json.
 """
@@ -35,10 +35,12 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from normrepro import grid, run_status
+from normrepro import grid
+from normrepro import runs as run_folder  # `runs` names a study's per-run table here
+from normrepro.config import ParamsError
 from normrepro.io_utils import atomic_write_json, atomic_write_text
 
-STATUSES = ("ok", "diverged", "failed", "missing", "stale", "unreadable", "running")
+STATUSES = run_folder.STATUSES  # the order of every count column
 # Planned-run columns, taken from the resolved run config (groups/channels_per_group: norm_kw).
 PLAN_COLUMNS = [
     "study",
@@ -64,6 +66,9 @@ METRIC_FIELDS = [
     "images_per_sec",
     "epochs_done",
     "diverged_epoch",
+    "n_train",  # images trained on, as loaded (the report's captions print it)
+    "n_val",
+    "n_test",
     "device",
     "device_name",
     "torch_version",
@@ -72,8 +77,7 @@ METRIC_FIELDS = [
     "git_dirty",
     "finished_at",
 ]
-# metrics.json fields without which a run cannot be used (trainer contract, DESIGN.md).
-REQUIRED_FIELDS = run_status.REQUIRED_FIELDS
+REQUIRED_FIELDS = run_folder.REQUIRED_FIELDS
 RUN_COLUMNS = [
     *PLAN_COLUMNS,
     "status",
@@ -114,8 +118,8 @@ def plan_row(cfg: dict) -> dict:
 
 def read_run(rdir: Path, planned_hash: str | None) -> dict:
     """Status, metrics, log path and note of one run dir (never raises on a bad file); the rules
-    are run_status.read_state's, shared with `make status`."""
-    state = run_status.read_state(rdir, planned_hash, REQUIRED_FIELDS)
+    are runs.read_state's, shared with `make status`."""
+    state = run_folder.read_state(rdir, planned_hash, REQUIRED_FIELDS)
     m = state["metrics"] or {}
     row = {k: m.get(k) for k in METRIC_FIELDS} if m else {}
     if state["status"] == "running":  # how far it is: its last checkpointed epoch
@@ -145,11 +149,11 @@ def collect_runs(run_cfgs: list[dict], results_root: str | Path) -> pd.DataFrame
     rows = []
     for cfg in run_cfgs:
         row = plan_row(cfg)
-        row.update(read_run(grid.run_dir(results_root, cfg), cfg.get("config_hash")))
+        row.update(read_run(run_folder.run_dir(results_root, cfg), cfg.get("config_hash")))
         rows.append(row)
     df = typed(pd.DataFrame(rows, columns=RUN_COLUMNS))
     # Numbers of a run that is not ok/diverged are never used (stale: another config's).
-    unused = ~df["status"].isin(["ok", "diverged"])
+    unused = ~df["status"].isin(run_folder.FINISHED)
     df.loc[unused, ["test_acc", "test_err", "val_acc", "best_val_acc"]] = np.nan
     return df
 
@@ -321,12 +325,16 @@ def summary_json(study: str, runs: pd.DataFrame, summary: pd.DataFrame) -> dict:
     return out
 
 
-def collect_histories(runs: pd.DataFrame, results_root: str | Path) -> pd.DataFrame:
-    """history.tsv of every ok run, with the run's plan columns added (one row per epoch)."""
+def collect_histories(
+    runs: pd.DataFrame, results_root: str | Path, grid_name: str | None
+) -> pd.DataFrame:
+    """history.tsv of every ok run (of the grid `grid_name`), with the run's plan columns added
+    (one row per epoch)."""
     frames = []
     for r in runs[runs["status"] == "ok"].to_dict("records"):
         try:
-            h = pd.read_csv(grid.run_dir(results_root, r) / "history.tsv", sep="\t")
+            path = run_folder.run_dir(results_root, {**r, "grid": grid_name}) / run_folder.HISTORY
+            h = pd.read_csv(path, sep="\t")
         except (OSError, ValueError):
             continue  # the run's table cell still shows; only its curve is absent
         frames.append(h.assign(**{col: r[col] for col in PLAN_COLUMNS}))
@@ -342,9 +350,9 @@ TABLE_FILES = {
 }
 
 
-def summary_dir(results_root: str | Path, study: str) -> Path:
+def summary_dir(results_root: str | Path, study: str, grid_name: str) -> Path:
     """Where a study's aggregate lives by default (the Snakefile passes the same --out)."""
-    return Path(results_root) / "summaries" / study
+    return Path(results_root) / "summaries" / grid_name / study
 
 
 def study_tables(runs: pd.DataFrame, meta: dict, history: pd.DataFrame | None = None) -> dict:
@@ -363,7 +371,8 @@ def study_tables(runs: pd.DataFrame, meta: dict, history: pd.DataFrame | None = 
 def aggregate_study(run_cfgs: list[dict], meta: dict, results_root: str | Path) -> dict:
     """study_tables of one study's planned runs, read from their run folders."""
     runs = collect_runs(run_cfgs, results_root)
-    return study_tables(runs, meta, collect_histories(runs, results_root))
+    grid_name = run_cfgs[0]["grid"] if run_cfgs else None
+    return study_tables(runs, meta, collect_histories(runs, results_root, grid_name))
 
 
 def write_study(out_dir: str | Path, study: str, tables: dict) -> None:
@@ -426,28 +435,22 @@ def status_line(study: str, runs: pd.DataFrame, out: Path) -> str:
 
 
 def cli_params(ap: argparse.ArgumentParser, argv: list[str] | None):
-    """Adds the options aggregate and report share, parses argv, loads the effective params."""
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument(
-        "--config",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="params.yaml overrides, e.g. scale=smoke",
-    )
-    ap.add_argument("--results", default="results", help="results root (holds runs/)")
+    """Adds the options aggregate and report share (grid.add_grid_options), parses argv, loads
+    the effective params of the grid they act on and says which on stderr."""
+    grid.add_grid_options(ap)
     args = ap.parse_args(argv)
     try:
-        return args, grid.load_params(args.params, grid.parse_overrides(args.config))
-    except grid.ParamsError as err:
+        params, which = grid.params_from_cli(args)
+    except ParamsError as err:
         raise SystemExit(f"error: {err}") from None
+    print(f"normrepro: {which}", file=sys.stderr)
+    return args, params
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Aggregate one study's runs (see module doc).")
     ap.add_argument("--study", required=True)
-    ap.add_argument("--out", help="output folder (default: RESULTS/summaries/STUDY)")
+    ap.add_argument("--out", help="output folder (default: RESULTS/summaries/GRID/STUDY)")
     ap.add_argument("--metrics", help="also write summary.json to this file (DVC metrics)")
     ap.add_argument("--curves", help="also write history.tsv to this file (DVC plots)")
     args, params = cli_params(ap, argv)
@@ -457,7 +460,8 @@ def main(argv: list[str] | None = None) -> int:
             f"error: --study {args.study}: not an enabled study; allowed: {', '.join(metas)}"
         )
     tables = aggregate_study(grid.study_runs(params, args.study), metas[args.study], args.results)
-    out = Path(args.out) if args.out else summary_dir(args.results, args.study)
+    grid_name = run_folder.grid_name(params)
+    out = Path(args.out) if args.out else summary_dir(args.results, args.study, grid_name)
     try:
         write_study(out, args.study, tables)
         for extra, src in ((args.metrics, "summary.json"), (args.curves, TABLE_FILES["history"])):

@@ -2,7 +2,8 @@
 
 Pure Python, no torch: Snakemake imports this at parse time to reject a bad grid before any job
 starts. `models.build_model` and `norms.make_norm` take their rules from here, so a name, an
-override, a default or a group count is checked in one place.
+override, a default or a group count is checked in one place. The norms themselves are the rows
+of norm_registry.NORMS.
 
 Model names (a family is one architecture; its overrides change the size, not the kind):
 
@@ -24,17 +25,7 @@ from __future__ import annotations
 import difflib
 import re
 
-# name -> one-line description; the order is the order tables and error messages list them in.
-NORMS: dict[str, str] = {
-    "bn": "BatchNorm: per-channel statistics over (N, H, W) of the batch",
-    "gn": "GroupNorm: per-image statistics over groups of channels and (H, W)",
-    "ln": "LayerNorm as GroupNorm with one group: per-image statistics over (C, H, W)",
-    "in": "InstanceNorm as GroupNorm with one channel per group (affine)",
-    "gn_ws": "GroupNorm with weight-standardized convolutions (BiT)",
-    "bn_ws": "BatchNorm with weight-standardized convolutions",
-    "none": "no norm layer, scaled weight-standardized convolutions (normalizer-free nets)",
-}
-NORMALIZED = [n for n in NORMS if n != "none"]  # norms of every model that has norm layers
+from normrepro.norm_registry import NORMS
 
 # gn's number of groups when neither groups nor channels_per_group is given (Wu & He use 32):
 # the largest divisor of the layer's channel count that is <= 32, i.e. 32 for a multiple of 32
@@ -140,8 +131,22 @@ def check_norm(name: str) -> str:
 
 
 def allowed_norms(model: str) -> list[str]:
-    """Norms model `model` can be built with: 'none' for nf_resnet only, the others elsewhere."""
-    return ["none"] if check_model(model) == "nf_resnet" else list(NORMALIZED)
+    """Norms model `model` can be built with: those without a norm layer ('none') for nf_resnet
+    only, those with one for every other model."""
+    layerless = check_model(model) == "nf_resnet"
+    return [name for name, spec in NORMS.items() if (spec.layer is None) == layerless]
+
+
+def takes_groups(norm: str) -> bool:
+    """Whether `norm` takes the `groups` / `channels_per_group` keywords (gn, gn_ws)."""
+    return NORMS[check_norm(norm)].groups == "configurable"
+
+
+def is_group_norm(norm: object) -> bool:
+    """Whether `norm`'s layers normalize over groups of channels (gn, gn_ws, ln, in); False for
+    a norm without groups and for a name that is not a norm (an old results table)."""
+    spec = NORMS.get(norm) if isinstance(norm, str) else None
+    return spec is not None and spec.groups != "none"
 
 
 def _is_int(value: object, minimum: int = 1) -> bool:
@@ -227,24 +232,26 @@ def resolve_groups(
 ) -> int | None:
     """Number of groups a `norm` layer over `num_channels` channels normalizes in.
 
-    gn / gn_ws: `groups` (must divide the channels), or channels / `channels_per_group`, or by
-    default the largest divisor of the channels that is <= 32. ln: 1. in: the channel count.
-    bn, bn_ws, none: None (no groups). Giving groups to a norm without groups is an error.
+    By the norm's `groups` in norm_registry.NORMS: "configurable" (gn, gn_ws): `groups` (must
+    divide the channels), or channels / `channels_per_group`, or by default the largest divisor
+    of the channels that is <= 32; "one" (ln): 1; "per_channel" (in): the channel count; "none"
+    (bn, bn_ws, none): None. Giving groups to a norm that does not take them is an error.
     """
-    check_norm(norm)
+    grouping = NORMS[check_norm(norm)].groups
     if groups is not None and channels_per_group is not None:
         raise ValueError(
             f"{norm}: give groups or channels_per_group, not both "
             f"(got groups={groups!r}, channels_per_group={channels_per_group!r})"
         )
-    if norm not in ("gn", "gn_ws"):
+    if grouping != "configurable":
         if groups is not None or channels_per_group is not None:
             given = "groups" if groups is not None else "channels_per_group"
+            takers = " and ".join(n for n in NORMS if NORMS[n].groups == "configurable")
             raise ValueError(
                 f"norm {norm!r} takes no {given} (got {given}="
-                f"{groups if groups is not None else channels_per_group!r}); only gn and gn_ws do"
+                f"{groups if groups is not None else channels_per_group!r}); only {takers} do"
             )
-        return {"ln": 1, "in": num_channels}.get(norm)
+        return {"one": 1, "per_channel": num_channels}.get(grouping)
     for key, value in (("groups", groups), ("channels_per_group", channels_per_group)):
         if value is not None and not _is_int(value):
             raise ValueError(f"{norm}: {key}={value!r} is not allowed; it must be an int >= 1")
@@ -278,7 +285,7 @@ def check_groups(model: str, norm: str, overrides: dict | None, norm_kw: dict | 
     widths = norm_widths(model, **(overrides or {}))
     for width in widths or [1]:  # nf_resnet has no norm widths; still reject groups for 'none'
         for key, value in norm_kw.items():
-            if norm in ("gn", "gn_ws") and _is_int(value) and width % value:
+            if takes_groups(norm) and _is_int(value) and width % value:
                 common = [d for d in _divisors(widths[0]) if all(w % d == 0 for w in widths)]
                 raise ValueError(
                     f"{model} with {norm}: {key}={value} does not divide the norm width {width} "
@@ -288,12 +295,13 @@ def check_groups(model: str, norm: str, overrides: dict | None, norm_kw: dict | 
 
 
 def norm_groups(model: str, norm: str, overrides: dict | None, norm_kw: dict | None) -> dict:
-    """{channels: groups} for every norm width of `model` with `norm` (empty for bn/none).
+    """{channels: groups} for every norm width of `model` with `norm` (empty for a norm without
+    groups: bn, none).
 
     Written into each run config by src/grid.py so that what a "gn" run really normalized is
     on record: one channel per group (C == G) is InstanceNorm on that layer, G == 1 LayerNorm.
     """
-    if norm not in ("gn", "gn_ws", "ln", "in"):
+    if not is_group_norm(check_norm(norm)):
         return {}
     widths = norm_widths(model, **(overrides or {}))
     return {str(w): resolve_groups(norm, w, **(norm_kw or {})) for w in widths}

@@ -1,23 +1,79 @@
-"""Per-epoch checkpoints of a run: save with a kept previous copy, load with fallbacks.
+"""A run's progress on disk, epoch by epoch: checkpoints to resume from, and history.tsv.
 
 RUN_DIR/checkpoint.pt is the last good epoch, RUN_DIR/checkpoint.prev.pt the one before. A
 checkpoint is a plain dict (tensors, numbers, strings, lists), loaded with weights_only=True:
-  config_hash, epoch (epochs done), model, optimizer, rng {cpu, cuda, data}, best_val_acc,
-  best_epoch, history (the history.tsv rows so far), train_images, train_seconds, wall_s.
+  config_hash, epoch (epochs done), model, optimizer, rng {cpu, cuda, data}, best_val
+  (accuracy, epoch), history (the history.tsv rows so far), totals {train_images,
+  train_seconds, wall_s}.
+RUN_DIR/history.tsv has one row per epoch done (HISTORY_COLUMNS), rewritten whole after each
+checkpoint; a resumed run rewrites it from its checkpoint's history.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from normrepro.io_utils import atomic_write
+from normrepro.io_utils import atomic_write, atomic_write_text
+
+if TYPE_CHECKING:
+    from normrepro.loop import Member
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
+HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc")
+HISTORY_COLUMNS += ("test_loss", "test_acc", "seconds")
+
+
+def save_epoch(member: Member, model_state: dict, optimizer_state: dict, rng: dict) -> None:
+    """The run's last epoch (member.history[-1]) on disk: its checkpoint, then history.tsv."""
+    state = {
+        "config_hash": member.cfg["config_hash"],
+        "epoch": member.history[-1]["epoch"],
+        "model": model_state,
+        "optimizer": optimizer_state,
+        "rng": rng,
+        "best_val": best_val(member.history),
+        "history": member.history,
+        "totals": member.totals,
+    }
+    save_checkpoint(member.run_dir, state)
+    write_history(member.run_dir, member.history)
+
+
+def resume(member: Member) -> None:
+    """Model, optimizer, RNGs and history as they were at the end of the run's last good epoch
+    (nothing changes without a usable checkpoint)."""
+    state = load_checkpoint(member.run_dir, member.cfg["config_hash"], member.log)
+    if state is not None:
+        member.model.load_state_dict(state["model"])
+        member.optimizer_state = state["optimizer"]
+        restore_rng(state["rng"], member.data_gen, member.model_gen)
+        member.history, member.totals = state["history"], state["totals"]
+    # Drops rows of an epoch that never reached a checkpoint.
+    write_history(member.run_dir, member.history)
+    member.wall_before = member.totals["wall_s"]
+
+
+def best_val(history: list[dict]) -> tuple[float | None, int | None]:
+    """(best val accuracy, its epoch); the earliest epoch on ties; (None, None) without val."""
+    rows = [r for r in history if math.isfinite(r["val_acc"])]
+    if not rows:
+        return None, None
+    best = max(rows, key=lambda r: (r["val_acc"], -r["epoch"]))
+    return best["val_acc"], best["epoch"]
+
+
+def write_history(run_dir: Path, history: list[dict]) -> None:
+    # repr() keeps every float exactly, so a resumed run's file equals an uninterrupted one's
+    lines = ["\t".join(HISTORY_COLUMNS)]
+    lines += ["\t".join(repr(row[c]) for c in HISTORY_COLUMNS) for row in history]
+    atomic_write_text(run_dir / "history.tsv", "\n".join(lines) + "\n")
 
 
 def save_checkpoint(run_dir: Path, state: dict) -> None:

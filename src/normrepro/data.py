@@ -5,72 +5,43 @@ test `TensorSet`s (x: uint8 [N, C, H, W], y: int64 [N]) plus the train-split sta
 `augment.make_batch_transform` normalizes with. Everything random here (subsets, the val split)
 is drawn from `split_seed`, never from the run seed, so every run of a study sees the same images.
 
-Datasets:
-- cifar10: torchvision layout under `root` (root/cifar-10-batches-py), downloaded when allowed.
-- fashion-mnist: torchvision layout (root/FashionMNIST/raw/*-ubyte[.gz]), else the files of
-  Debian's `dataset-fashion-mnist` package, else a torchvision download when allowed. 1 x 28 x 28.
-- imagefolder: root/train/<class>/*, root/test/<class>/*; decoded once, resized to `image_size`
-  (shorter side, then centre crop), cached as root/.normrepro-imagefolder-<size>.pt.
-- synthetic: generated in memory (learnable class prototypes + noise), 3 x 32 x 32.
+The split, in this order (`split_train_pool`): the `val_size` validation images are drawn from the
+whole training pool first (class-balanced), then the `train_subset` training images from the
+rest. So the validation set does not change with `train_subset` (runs that train on different
+subset sizes are compared on one val set), and `train_subset` is exactly the number of images
+trained on. `test_subset: 0` means no test set at all (an empty split: nothing to evaluate), for
+runs that must never see it, such as the laptop calibration.
+
+The readers of the datasets themselves (cifar10, fashion-mnist, imagefolder, synthetic) are in
+src/normrepro/datasets.py.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import os
-import struct
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+
+from normrepro import config
+
+# Re-exported: callers name them as data.X (DataError, TensorSet, make_synthetic, read_idx).
+from normrepro.datasets import (  # noqa: F401
+    DEBIAN_FASHION_MNIST,
+    LOADERS,
+    DataError,
+    TensorSet,
+    make_synthetic,
+    read_idx,
+)
 
 DATASETS = ("cifar10", "fashion-mnist", "imagefolder", "synthetic")
 
-# Every key of the `data` section and its default (params.yaml normally sets them all).
-DATA_DEFAULTS = {
-    "name": "cifar10",
-    "root": "data",  # dataset folder (torchvision layout, or the imagefolder ROOT)
-    "download": True,  # let torchvision download cifar10 / fashion-mnist into root
-    "val_size": 5000,  # images held out of the train pool for validation (0 = no val split)
-    "split_seed": 0,  # draws subsets and the val split; independent of the run seed
-    "train_subset": None,  # int: seeded class-balanced train subset (synthetic: its size)
-    "test_subset": None,  # int: same for the test set
-    "image_size": None,  # int: resize to image_size x image_size (imagefolder requires it)
-}
+# Every key of the `data` section and its default: the schema's (workflow/schemas/
+# params.schema.yaml, `data_complete`), the one place a default is written.
+DATA_DEFAULTS = config.defaults("data_complete")
 FULL_SIZES = {"cifar10": (50000, 10000), "fashion-mnist": (60000, 10000)}  # (train, test) images
 SYNTHETIC_SIZES = (2000, 500)  # default (train, test) sizes of the synthetic set
-SYNTHETIC_SEED = 1234  # the synthetic images themselves never change; split_seed only splits them
-DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-FASHION_FILES = {  # split -> (images, labels) idx files, as torchvision and Debian name them
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat"]
-FASHION_CLASSES += ["Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp")
-IMAGEFOLDER_LAYOUT = "ROOT/train/<class>/<image>.jpg|png and ROOT/test/<class>/<image>.jpg|png"
-
-
-class DataError(Exception):
-    """A dataset is missing or unreadable; the message says where we looked and how to get it."""
-
-
-@dataclass
-class TensorSet:
-    x: torch.Tensor  # uint8 [N, C, H, W]
-    y: torch.Tensor  # int64 [N]
-
-    def __len__(self) -> int:
-        return self.y.shape[0]
-
-    def select(self, idx: torch.Tensor) -> TensorSet:
-        return TensorSet(self.x[idx], self.y[idx])
-
-    def to(self, device) -> TensorSet:
-        return TensorSet(self.x.to(device), self.y.to(device))
 
 
 @dataclass
@@ -118,6 +89,13 @@ def check_data_config(data_cfg: dict) -> dict:
     if unknown:
         raise ValueError(f"data.{unknown[0]}: unknown key; allowed: {', '.join(DATA_DEFAULTS)}")
     cfg = {**DATA_DEFAULTS, **data_cfg}
+    _check_values(cfg)
+    _check_sizes(cfg)
+    return cfg
+
+
+def _check_values(cfg: dict) -> None:
+    """Each key of a completed `data` section on its own: its type and range."""
     name = cfg["name"]
     if name not in DATASETS:
         raise _bad("name", name, f"allowed: {', '.join(DATASETS)}")
@@ -128,27 +106,45 @@ def check_data_config(data_cfg: dict) -> dict:
     for key in ("val_size", "split_seed"):
         if not _is_int(cfg[key]) or cfg[key] < 0:
             raise _bad(key, cfg[key], "expected an integer >= 0")
-    for key in ("train_subset", "test_subset", "image_size"):
+    for key in ("train_subset", "image_size"):
         if cfg[key] is not None and (not _is_int(cfg[key]) or cfg[key] < 1):
             raise _bad(key, cfg[key], "expected null or an integer >= 1")
+    if cfg["test_subset"] is not None and (
+        not _is_int(cfg["test_subset"]) or cfg["test_subset"] < 0
+    ):
+        raise _bad(
+            "test_subset", cfg["test_subset"], "expected null or an integer >= 0 (0: no test set)"
+        )
+    if cfg["label"] is not None and (not isinstance(cfg["label"], str) or not cfg["label"]):
+        raise _bad("label", cfg["label"], "expected null or a non-empty text naming the data")
     if name == "imagefolder" and cfg["image_size"] is None:
         raise _bad("image_size", None, "imagefolder needs an integer image size (e.g. 128)")
 
+
+def _check_sizes(cfg: dict) -> None:
+    """The split sizes of a checked `data` section against the images the dataset has."""
+    name = cfg["name"]
+    if name == "synthetic":  # the generated sizes follow the config: no split can be too big
+        if cfg["train_subset"] is None:
+            _check_split_sizes(cfg["val_size"], None, SYNTHETIC_SIZES[0])
+        return
     full_train, full_test = FULL_SIZES.get(name, (None, None))
-    if name == "synthetic":  # the subsets are the generated sizes
-        full_train, full_test = None, None
-    for key, full in (("train_subset", full_train), ("test_subset", full_test)):
-        if full is not None and cfg[key] is not None and cfg[key] > full:
-            raise _bad(key, cfg[key], f"{name} has only {full} images in that split")
-    pool = cfg["train_subset"] or (SYNTHETIC_SIZES[0] if name == "synthetic" else full_train)
-    if pool is not None:
-        _check_val_size(cfg["val_size"], pool)
-    return cfg
+    if full_test is not None and cfg["test_subset"] is not None and cfg["test_subset"] > full_test:
+        raise _bad("test_subset", cfg["test_subset"], f"{name} has only {full_test} test images")
+    if full_train is not None:
+        _check_split_sizes(cfg["val_size"], cfg["train_subset"], full_train)
 
 
-def _check_val_size(val_size: int, pool: int) -> None:
+def _check_split_sizes(val_size: int, train_subset: int | None, pool: int) -> None:
+    """val_size, then train_subset, are drawn from a training pool of `pool` images."""
     if val_size >= pool:
         raise _bad("val_size", val_size, f"must be < the {pool} images of the train pool")
+    if train_subset is not None and val_size + train_subset > pool:
+        raise _bad(
+            "train_subset", train_subset,
+            f"at most the {pool - val_size} images left of the {pool}-image train pool after "
+            f"data.val_size = {val_size} validation images",
+        )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,24 +154,23 @@ def _check_val_size(val_size: int, pool: int) -> None:
 def load_splits(data_cfg: dict, device="cpu") -> Splits:
     """Load, subset, split and move a dataset to `device` (see the module docstring)."""
     cfg = check_data_config(data_cfg)
-    if cfg["name"] == "synthetic":
-        n_train = cfg["train_subset"] or SYNTHETIC_SIZES[0]
-        n_test = cfg["test_subset"] or SYNTHETIC_SIZES[1]
-        train, test, classes = make_synthetic(n_train, n_test, cfg["image_size"] or 32)
+    if cfg["name"] == "synthetic":  # made to size: a pool of train_subset + val_size images
+        n_pool = cfg["val_size"] + cfg["train_subset"] if cfg["train_subset"] else None
+        n_test = cfg["test_subset"] if cfg["test_subset"] is not None else SYNTHETIC_SIZES[1]
+        pool, test, classes = make_synthetic(
+            n_pool or SYNTHETIC_SIZES[0], n_test, cfg["image_size"] or 32
+        )
     else:
-        train, test, classes = LOADERS[cfg["name"]](cfg)
+        pool, test, classes = LOADERS[cfg["name"]](cfg)
 
-    # One generator, drawn in a fixed order: train subset, val split, test subset.
-    gen = torch.Generator().manual_seed(cfg["split_seed"])
-    if cfg["name"] != "synthetic":
-        train = _subset(train, cfg["train_subset"], gen, "train_subset")
-    _check_val_size(cfg["val_size"], len(train))
-    val_idx = balanced_subset(train.y, cfg["val_size"], gen)
-    keep = torch.ones(len(train), dtype=torch.bool)
-    keep[val_idx] = False
-    train, val = train.select(keep.nonzero().squeeze(1)), train.select(val_idx)
-    if cfg["name"] != "synthetic":
-        test = _subset(test, cfg["test_subset"], gen, "test_subset")
+    seed = cfg["split_seed"]
+    val_idx, train_idx = split_train_pool(pool.y, cfg["val_size"], cfg["train_subset"], seed)
+    train, val = pool.select(train_idx), pool.select(val_idx)
+    n_test = cfg["test_subset"]
+    if n_test is not None:  # 0: an empty test set, so no test image can reach an evaluation
+        if n_test > len(test):
+            raise _bad("test_subset", n_test, f"the dataset has only {len(test)} test images")
+        test = test.select(balanced_subset(test.y, n_test, _split_generator(seed, "test")))
 
     if cfg["image_size"] is not None:
         size = cfg["image_size"]
@@ -192,12 +187,35 @@ def load_splits(data_cfg: dict, device="cpu") -> Splits:
     )
 
 
-def _subset(tset: TensorSet, n: int | None, gen: torch.Generator, key: str) -> TensorSet:
-    if n is None:
-        return tset
-    if n > len(tset):
-        raise _bad(key, n, f"the dataset has only {len(tset)} images in that split")
-    return tset.select(balanced_subset(tset.y, n, gen))
+def _split_generator(split_seed: int, purpose: str) -> torch.Generator:
+    """A generator of its own for each draw, so that no draw moves another: the val split is
+    seeded with split_seed itself (the split every earlier version drew for a whole pool); the
+    train and test subsets with a hash of (split_seed, purpose)."""
+    if purpose == "val":
+        return torch.Generator().manual_seed(split_seed)
+    digest = hashlib.sha256(f"normrepro-split:{split_seed}:{purpose}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") >> 1)
+
+
+def split_train_pool(
+    y: torch.Tensor, val_size: int, train_subset: int | None, split_seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(val indices, train indices) into a training pool with labels y, both sorted.
+
+    The val images are drawn first, class-balanced, from the whole pool: they depend on the
+    pool, val_size and split_seed only, never on train_subset. The train images are then a
+    class-balanced draw of train_subset from the rest (all of the rest when it is None).
+    """
+    y = y.cpu()
+    _check_split_sizes(val_size, train_subset, len(y))
+    val_idx = balanced_subset(y, val_size, _split_generator(split_seed, "val"))
+    keep = torch.ones(len(y), dtype=torch.bool)
+    keep[val_idx] = False
+    rest = keep.nonzero().squeeze(1)
+    if train_subset is None:
+        return val_idx, rest
+    picked = balanced_subset(y[rest], train_subset, _split_generator(split_seed, "train"))
+    return val_idx, rest[picked]
 
 
 def balanced_subset(y: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -249,212 +267,3 @@ def image_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     mean = total.sum((1, 2)) / count / 255.0
     var = (total_sq / count / 255.0**2 - mean.square()).clamp_min(0.0)
     return mean.float(), var.sqrt().float(), pixel_mean.float()
-
-
-# ---------------------------------------------------------------------------------------------
-# Dataset readers: each returns (train TensorSet, test TensorSet, class names) on the CPU.
-
-
-def _load_cifar10(cfg: dict):
-    from torchvision.datasets import CIFAR10
-
-    root = Path(cfg["root"])
-    folder = root / CIFAR10.base_folder
-    download = cfg["download"] and not folder.is_dir()
-    try:
-        sets = [CIFAR10(str(root), train=train, download=download) for train in (True, False)]
-    except Exception as err:  # missing / corrupt (RuntimeError) or a failed download (OSError)
-        how = (
-            "the download failed; fetch https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz "
-            f"and extract it into {root}"
-            if cfg["download"]
-            else "set data.download: true to download it"
-        )
-        raise DataError(f"cifar10: could not load {folder} ({err}); {how}") from err
-    out = []
-    for ds in sets:
-        if ds.data.ndim != 4 or ds.data.shape[1:] != (32, 32, 3) or len(ds.targets) != len(ds.data):
-            raise DataError(f"cifar10: {folder} is corrupt: got images {ds.data.shape}")
-        x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
-        out.append(TensorSet(x, torch.tensor(ds.targets, dtype=torch.long)))
-    return out[0], out[1], sets[0].classes
-
-
-def _fashion_dirs(root: Path) -> list[Path]:
-    return [root / "FashionMNIST" / "raw", DEBIAN_FASHION_MNIST]
-
-
-def _idx_path(folder: Path, stem: str) -> Path | None:
-    for path in (folder / stem, folder / f"{stem}.gz"):
-        if path.is_file():
-            return path
-    return None
-
-
-def _find_fashion(root: Path) -> Path | None:
-    for folder in _fashion_dirs(root):
-        stems = [stem for pair in FASHION_FILES.values() for stem in pair]
-        if all(_idx_path(folder, stem) for stem in stems):
-            return folder
-    return None
-
-
-def read_idx(path: Path) -> torch.Tensor:
-    """Parse an IDX file (raw or .gz) of unsigned bytes into a uint8 tensor of its dimensions."""
-    try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as f:
-            data = bytearray(f.read())
-        zero, dtype, ndim = data[0:2], data[2], data[3]
-        if zero != b"\0\0" or dtype != 0x08 or not 1 <= ndim <= 4:
-            raise ValueError(f"bad IDX header {bytes(data[:4]).hex()}")
-        dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
-        count = 1
-        for d in dims:
-            count *= d
-        if len(data) != 4 + 4 * ndim + count:
-            raise ValueError(f"{len(data)} bytes for dimensions {dims}")
-        return torch.frombuffer(data, dtype=torch.uint8, offset=4 + 4 * ndim).reshape(dims)
-    except (OSError, EOFError, ValueError, struct.error) as err:
-        raise DataError(
-            f"fashion-mnist: {path} is corrupt ({err}); delete it and download it again "
-            "(data.download: true) or reinstall: apt-get install -y dataset-fashion-mnist"
-        ) from err
-
-
-def _load_fashion_mnist(cfg: dict):
-    root = Path(cfg["root"])
-    folder = _find_fashion(root)
-    failure = ""
-    if folder is None and cfg["download"]:
-        from torchvision.datasets import FashionMNIST
-
-        try:
-            FashionMNIST(str(root), train=True, download=True)  # fetches all four files
-        except Exception as err:  # no network, disk full, bad checksum...
-            failure = f" (the download into {root} failed: {' '.join(str(err).split())})"
-        folder = _find_fashion(root)
-    if folder is None:
-        looked = " and ".join(str(d) for d in _fashion_dirs(root))
-        raise DataError(
-            f"fashion-mnist: not found; looked in {looked} for {FASHION_FILES['train'][0]}[.gz] "
-            f"and the other three idx files{failure}. Get it with "
-            "`apt-get install -y dataset-fashion-mnist`"
-            + ("" if cfg["download"] else f", or set data.download: true to download it to {root}")
-        )
-    out = []
-    for split, (images, labels) in FASHION_FILES.items():
-        x = read_idx(_idx_path(folder, images))
-        y = read_idx(_idx_path(folder, labels)).long()
-        if x.ndim != 3 or y.shape != x.shape[:1] or int(y.max()) >= len(FASHION_CLASSES):
-            raise DataError(f"fashion-mnist: {folder} is corrupt: {split} {tuple(x.shape)}")
-        out.append(TensorSet(x.unsqueeze(1), y))  # [N, 1, 28, 28]
-    return out[0], out[1], FASHION_CLASSES
-
-
-def _image_files(split_dir: Path) -> list[tuple[Path, str]]:
-    return [
-        (path, class_dir.name)
-        for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir())
-        for path in sorted(class_dir.iterdir())
-        if path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
-    ]
-
-
-def _decode(path: Path, size: int) -> torch.Tensor:
-    """One image file -> uint8 [3, size, size]: shorter side resized to size, centre crop."""
-    from torchvision.io import ImageReadMode, decode_image
-    from torchvision.transforms.v2 import functional as TF
-
-    try:
-        with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders (torchcodec)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            img = decode_image(str(path), mode=ImageReadMode.RGB)
-    except Exception as err:  # torchvision raises RuntimeError on undecodable bytes
-        raise DataError(f"imagefolder: cannot decode {path} ({err}); remove or replace it") from err
-    img = TF.resize(img, size, antialias=True)
-    return TF.center_crop(img, [size, size])
-
-
-def _load_imagefolder(cfg: dict):
-    root, size = Path(cfg["root"]), cfg["image_size"]
-    split_dirs = {split: root / split for split in ("train", "test")}
-    files = {}
-    for split, split_dir in split_dirs.items():
-        files[split] = _image_files(split_dir) if split_dir.is_dir() else []
-        if not files[split]:
-            raise DataError(
-                f"imagefolder: no images found under {split_dir}; expected {IMAGEFOLDER_LAYOUT} "
-                f"(extensions {', '.join(IMAGE_EXTENSIONS)})"
-            )
-    classes = sorted({cls for _, cls in files["train"]})
-    extra = sorted({cls for _, cls in files["test"]} - set(classes))
-    if extra:
-        raise DataError(f"imagefolder: test classes {extra} have no folder under {root / 'train'}")
-
-    # The cache is valid while the file list, sizes and modification times are unchanged.
-    stat = "\n".join(
-        f"{p.relative_to(root)}\t{p.stat().st_size}\t{p.stat().st_mtime_ns}"
-        for split in ("train", "test")
-        for p, _ in files[split]
-    )
-    fingerprint = hashlib.sha256(stat.encode()).hexdigest()
-    cache = root / f".normrepro-imagefolder-{size}.pt"
-    if cache.is_file():
-        try:
-            saved = torch.load(cache, weights_only=True)
-            if saved["fingerprint"] == fingerprint:
-                sets = [TensorSet(saved[f"{s}_x"], saved[f"{s}_y"]) for s in ("train", "test")]
-                return sets[0], sets[1], saved["classes"]
-        except Exception as err:  # a stale or broken cache is rebuilt
-            warnings.warn(f"imagefolder: ignoring unreadable cache {cache}: {err}", stacklevel=2)
-
-    label = {cls: i for i, cls in enumerate(classes)}
-    sets = []
-    for split in ("train", "test"):
-        x = torch.stack([_decode(path, size) for path, _ in files[split]])
-        y = torch.tensor([label[cls] for _, cls in files[split]], dtype=torch.long)
-        sets.append(TensorSet(x, y))
-    saved = {"fingerprint": fingerprint, "classes": classes}
-    for split, tset in zip(("train", "test"), sets, strict=True):
-        saved[f"{split}_x"], saved[f"{split}_y"] = tset.x, tset.y
-    tmp = cache.with_suffix(f".{os.getpid()}.tmp")  # runs started together each write their own
-    try:
-        torch.save(saved, tmp)
-        tmp.replace(cache)
-    except OSError as err:  # a read-only dataset folder only costs the next load's decode
-        warnings.warn(f"imagefolder: could not write cache {cache}: {err}", stacklevel=2)
-    return sets[0], sets[1], classes
-
-
-def make_synthetic(n_train: int, n_test: int, image_size: int = 32, num_classes: int = 10):
-    """A learnable, fixed 3-channel dataset of up to 27 classes: a class colour and a
-    low-frequency class pattern, plus per-image colour jitter and pixel noise. Labels are
-    balanced (counts differ by <= 1). A tiny CNN reaches ~90% test accuracy in one epoch.
-    """
-    gen = torch.Generator().manual_seed(SYNTHETIC_SEED)
-    size = (image_size, image_size)
-    # Class colours: distinct corners of a 3 x 3 x 3 grid in [0.25, 0.75]^3 (>= 0.25 apart).
-    grid = torch.cartesian_prod(*[torch.tensor([0.25, 0.5, 0.75])] * 3)  # [27, 3]
-    picks = torch.randperm(len(grid), generator=gen)[:num_classes]
-    colour = grid[picks].view(num_classes, 3, 1, 1)
-    coarse = torch.randn(num_classes, 3, 4, 4, generator=gen)
-    pattern = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
-    prototypes = colour + 0.2 * pattern  # [K, 3, S, S], pixels in [0, 1]
-
-    def draw(n: int) -> TensorSet:
-        y = (torch.arange(n) % num_classes)[torch.randperm(n, generator=gen)]
-        jitter = 0.06 * torch.randn(n, 3, 1, 1, generator=gen)
-        noise = 0.1 * torch.randn(n, 3, *size, generator=gen)
-        x = (prototypes[y] + jitter + noise).clamp(0, 1)
-        return TensorSet((x * 255).round().to(torch.uint8), y)
-
-    train, test = draw(n_train), draw(n_test)
-    return train, test, [f"class{k}" for k in range(num_classes)]
-
-
-LOADERS = {
-    "cifar10": _load_cifar10,
-    "fashion-mnist": _load_fashion_mnist,
-    "imagefolder": _load_imagefolder,
-}

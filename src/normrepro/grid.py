@@ -1,205 +1,58 @@
-"""Expand params.yaml into one resolved config per run: the only code that knows the grid.
+"""The grid: the effective params (config.py) expanded into runs, cells and jobs. The only code
+that knows the grid; Snakemake calls it at parse time (no torch import), aggregation, the report
+and `make status` plan with it, so a run folder outside the grid never leaks into a table.
 
-Snakemake calls this at parse time (so it must stay fast: no torch import), and aggregation
-uses the same run list, so a stale run folder never leaks into a table.
+    effective params --study_runs--> [run config, ...]  (the RUN.json contract of src/train.py)
+                     --jobs-------->  [Job(study, id, runs), ...]  one Snakemake job each
+    run configs      --write_run_configs--> results/configs/<grid>/<study>/<run_id>.json
 
-    params.yaml --load_params--> effective params (validated, scale preset applied)
-                --expand_runs--> [run config, ...]   (the RUN.json contract of src/train.py)
-                --sync_run_configs--> results/configs/<study>/<run_id>.json (written only on change)
+A job is a run's cell (its configs equal but for the seed) and a chunk of at most K of its
+seeds, K from `runtime.pack` (`pack_size`): fixed by the grid, never by what is on disk. Whether
+a job must run is decided by its record (`record_attempt`), never by file times: Snakemake's
+rerun triggers, whichever are on, then agree with the run folders.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import hashlib
 import itertools
 import json
 import os
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+from normrepro import catalog, config, pack_policy, runs
+from normrepro.config import ParamsError
+from normrepro.io_utils import atomic_write_json, atomic_write_text
 
-from normrepro import catalog
-from normrepro.io_utils import atomic_write_text
-
-REPO = Path(__file__).resolve().parents[2]
-SCHEMA = REPO / "workflow" / "schemas" / "params.schema.yaml"
-STUDY_KINDS = (
-    "table2",
-    "batch_sweep",
-    "group_sweep",
-    "norm_compare",
-    "nf_grid",
-    "nf_final",
-    "pets",
-    "generic",
-)
-# Keys a study may set to override its recipe, and the run-config key each one lands in.
-RECIPE_KEYS = ("epochs", "lr", "augment", "normalize", "optim")
+# The axes of every study's cells, and the one its Welch tests compare levels of.
+AXES = ("model", "norm", "groups", "channels_per_group", "batch_size", "lr")
+COMPARE = "norm"
 
 
-class ParamsError(ValueError):
-    """params.yaml is invalid; the message names the key, the value and what is allowed."""
-
-
-# ---------------------------------------------------------------- loading and validation
-
-
-def parse_overrides(items: list[str] | None) -> dict:
-    """`["scale=smoke", "data.val_size=0"]` -> nested dict; values parsed as YAML scalars."""
-    out: dict = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ParamsError(f"--config: got {item!r}; expected KEY=VALUE (e.g. scale=smoke)")
-        key, value = item.split("=", 1)
-        node = out
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
-    return out
-
-
-def deep_merge(base: dict, top: dict) -> dict:
-    """A new dict: `top` over `base`, recursing into dicts (lists are replaced, not merged)."""
-    out = copy.deepcopy(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def _format_path(path) -> str:
-    text = ""
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(top level)"
-
-
-def _schema_errors(params: dict) -> list[str]:
-    import jsonschema  # imported here: only needed when validating
-
-    schema = yaml.safe_load(SCHEMA.read_text())
-    validator = jsonschema.Draft202012Validator(schema)
-    messages = []
-    for err in sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path)):
-        where = _format_path(err.absolute_path)
-        if err.validator == "additionalProperties":
-            allowed = ", ".join(sorted(err.schema.get("properties", {})))
-            extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
-            for key in extra:
-                key_path = f"{where}.{key}" if err.absolute_path else key
-                messages.append(f"{key_path}: unknown key; allowed: {allowed}")
-        elif err.validator == "enum":
-            allowed = ", ".join(map(str, err.validator_value))
-            messages.append(f"{where}: got {err.instance!r}; allowed: {allowed}")
-        elif err.validator == "required":
-            messages.append(f"{where}: {err.message}")
-        else:
-            rule = err.schema.get("description") or f"{err.validator} {err.validator_value!r}"
-            messages.append(f"{where}: got {err.instance!r}; allowed: {rule}")
-    return messages
-
-
-def validate_params(params: dict) -> None:
-    """Structure from the JSON schema, then names, groups and grid sizes (needs the catalog)."""
-    messages = _schema_errors(params)
-    if messages:
-        raise ParamsError("params.yaml is invalid:\n  " + "\n  ".join(messages))
-    for name, study in params["studies"].items():
-        if study["recipe"] not in params["recipes"]:
-            raise ParamsError(
-                f"studies.{name}.recipe: got {study['recipe']!r}; "
-                f"allowed: {', '.join(params['recipes'])}"
-            )
-    for preset in PRESET_SCALES:
-        trims = params.get(preset, {}).get("studies", {})
-        for name in trims:
-            if name not in params["studies"]:
-                raise ParamsError(
-                    f"{preset}.studies.{name}: unknown study; "
-                    f"allowed: {', '.join(params['studies'])}"
-                )
-        # The trims replace study keys, so the merged studies must be valid studies too.
-        merged = {n: deep_merge(s, trims.get(n, {})) for n, s in params["studies"].items()}
-        messages = _schema_errors({**params, "studies": merged})
-        if messages:
-            raise ParamsError(
-                f"params.yaml is invalid (with {preset}.studies trims):\n  " + "\n  ".join(messages)
-            )
-
-
-def load_params(path: str | Path = REPO / "params.yaml", overrides: dict | None = None) -> dict:
-    """Read, override, validate, and apply the scale preset: the effective parameters."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-        # JSON (Snakemake's effective params) by its own parser: YAML 1.1 reads 5e-05 as a string
-        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: no such file (run from the repository root)") from None
-    except (yaml.YAMLError, json.JSONDecodeError) as err:
-        raise ParamsError(f"{path}: not valid YAML or JSON: {err}") from None
-    return resolve_params(deep_merge(raw or {}, overrides or {}))
-
-
-def plan(raw: dict) -> tuple[dict, dict[str, list[dict]]]:
-    """Validate raw params (params.yaml merged with overrides) and expand every enabled study,
-    once: a bad name, groups that do not divide, an empty grid or repeated run ids are reported
-    before any job starts. Returns (effective params, study name -> run configs)."""
-    validate_params(raw)
-    params = copy.deepcopy(raw)
-    return params, {name: study_runs(params, name) for name in studies(params)}
-
-
-def resolve_params(params: dict) -> dict:
-    """The validated params alone (see `plan`)."""
-    return plan(params)[0]
-
-
-# ---------------------------------------------------------------- expansion
-
-
-# Scales other than `full` are presets: a section of params.yaml named like the scale (smoke,
-# laptop) applied on top of the recipes and studies. `full` is the seeds' recipes as written.
-PRESET_SCALES = ("smoke", "laptop")
-
-
-def _preset(params: dict) -> dict:
-    scale = params.get("scale")
-    return params.get(scale, {}) if scale in PRESET_SCALES else {}
-
-
-def effective_study(params: dict, name: str) -> dict:
-    """The study's own keys with the scale preset's per-study trims on top (smoke, laptop)."""
-    study = params["studies"][name]
-    return deep_merge(study, _preset(params).get("studies", {}).get(name, {}))
+# ---------------------------------------------------------------- studies and runs
 
 
 def studies(params: dict, include_disabled: bool = False) -> dict[str, dict]:
-    """Study name -> display meta, in params.yaml order."""
+    """Study name -> display meta, in params.yaml order (effective params: preset applied)."""
     out = {}
-    for name in params["studies"]:
-        s = effective_study(params, name)
+    for name, s in params["studies"].items():
         if not s.get("enabled", True) and not include_disabled:
             continue
-        axes = ["model", "norm", "groups", "channels_per_group", "batch_size", "lr"]
         out[name] = {
             "title": s.get("title", name),
             "seed_doc": s.get("seed_doc"),
             "kind": s.get("kind", "generic"),
-            "axes": axes,
-            "compare": "norm",
+            "axes": list(AXES),
+            "compare": COMPARE,
             "enabled": s.get("enabled", True),
         }
     return out
 
 
-def _scaled_milestones(milestones: list[int], epochs: int, recipe_epochs: int) -> list[int]:
+def scaled_milestones(milestones: list[int], epochs: int, recipe_epochs: int) -> list[int]:
     """Milestones are written for the recipe's length; a shorter run keeps their positions."""
     if epochs == recipe_epochs:
         return list(milestones)
@@ -209,14 +62,10 @@ def _scaled_milestones(milestones: list[int], epochs: int, recipe_epochs: int) -
 def _variants(name: str, study: dict) -> list[dict]:
     if "variants" in study:
         return [
-            {
-                "model": v["model"],
-                "norm": v["norm"],
-                "norm_kw": v.get("norm_kw", {}),
-                "model_kw": v.get("model_kw", {}),
-            }
+            {"model": v["model"], "norm": v["norm"], "norm_kw": v.get("norm_kw", {}),
+             "model_kw": v.get("model_kw", {})}
             for v in study["variants"]
-        ]
+        ]  # fmt: skip
     if "models" not in study or "norms" not in study:
         raise ParamsError(f"studies.{name}: needs `variants`, or both `models` and `norms`")
     return [
@@ -238,15 +87,7 @@ def run_id(cfg: dict, with_lr: bool) -> str:
     return "-".join(parts)
 
 
-def config_hash(cfg: dict) -> str:
-    """sha256 of the canonical JSON of a run config (without its own hash field)."""
-    body = {k: v for k, v in cfg.items() if k != "config_hash"}
-    blob = json.dumps(body, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _check_names(name: str, variant: dict, extra_norm_kw: dict) -> None:
-    where = f"studies.{name}"
+def _check_names(name: str, variant: dict, norm_kw: dict) -> None:
     try:
         catalog.check_model(variant["model"])
         catalog.check_norm(variant["norm"])
@@ -256,44 +97,36 @@ def _check_names(name: str, variant: dict, extra_norm_kw: dict) -> None:
                 f"norm {variant['norm']!r} does not apply to model {variant['model']!r}; "
                 f"allowed: {', '.join(allowed)}"
             )
-        catalog.check_groups(variant["model"], variant["norm"], variant["model_kw"], extra_norm_kw)
+        catalog.check_groups(variant["model"], variant["norm"], variant["model_kw"], norm_kw)
     except (ValueError, TypeError) as err:
-        raise ParamsError(f"{where}: {err}") from None
+        raise ParamsError(f"studies.{name}: {err}") from None
 
 
 def study_runs(params: dict, name: str) -> list[dict]:
     """Every resolved run config of one study, in grid order (seed varies fastest)."""
-    study = effective_study(params, name)
-    smoke = _preset(params)  # {} at full scale
+    study = params["studies"][name]
     recipe = params["recipes"][study["recipe"]]
-    epochs = study.get("epochs", smoke.get("epochs", recipe["epochs"]))
-    if "epochs" in smoke.get("studies", {}).get(name, {}):
-        epochs = smoke["studies"][name]["epochs"]
-    optim = deep_merge(deep_merge(recipe["optim"], study.get("optim", {})), smoke.get("optim", {}))
+    epochs = study.get("epochs", recipe["epochs"])
+    optim = config.deep_merge(recipe["optim"], study.get("optim", {}))
     if optim.get("milestones"):
-        optim["milestones"] = _scaled_milestones(optim["milestones"], epochs, recipe["epochs"])
-    data = deep_merge(deep_merge(params["data"], study.get("data", {})), smoke.get("data", {}))
-    runtime = deep_merge(params.get("runtime", {}), smoke.get("runtime", {}))
-    eval_batch_size = runtime.pop("eval_batch_size", 1000)
-    runtime.pop("pack", None)  # how runs are grouped into jobs (plan_packs), not a run's identity
-    n_seeds = min(study["n_seeds"], smoke.get("n_seeds", study["n_seeds"]))
-    base_lr = study.get("lr", recipe["lr"])
-    lrs = study.get("lrs", [base_lr])
+        optim["milestones"] = scaled_milestones(optim["milestones"], epochs, recipe["epochs"])
+    data = config.merge_data(params["data"], study.get("data", {}))
+    runtime = {k: v for k, v in params["runtime"].items() if k not in ("eval_batch_size", "pack")}
+    lrs = study.get("lrs", [study.get("lr", recipe["lr"])])
     scaling = study.get("lr_scaling")
-    norm_kws = study.get("norm_kw", [{}])
     variants = _variants(name, study)
-
-    runs = []
+    norm_kws = study.get("norm_kw", [{}])
     for variant, extra_kw in itertools.product(variants, norm_kws):
         _check_names(name, variant, {**variant["norm_kw"], **extra_kw})
+    grid = runs.grid_name(params)
+    out = []
     for variant, extra_kw, batch_size, lr, seed in itertools.product(
-        variants, norm_kws, study["batch_sizes"], lrs, range(n_seeds)
+        variants, norm_kws, study["batch_sizes"], lrs, range(study["n_seeds"])
     ):
         norm_kw = {**variant["norm_kw"], **extra_kw}
-        model_kw = {**smoke.get("model_kw", {}).get(variant["model"], {}), **variant["model_kw"]}
-        if scaling:
-            lr = lr * batch_size / scaling["base_batch"]
+        model_kw = {**study.get("model_kw", {}).get(variant["model"], {}), **variant["model_kw"]}
         cfg = {
+            "grid": grid,
             "study": name,
             "run_id": "",
             "model": variant["model"],
@@ -305,9 +138,9 @@ def study_runs(params: dict, name: str) -> list[dict]:
             ),
             "batch_size": batch_size,
             "seed": seed,
-            "lr": lr,
+            "lr": lr * batch_size / scaling["base_batch"] if scaling else lr,
             "epochs": epochs,
-            "eval_batch_size": eval_batch_size,
+            "eval_batch_size": params["runtime"]["eval_batch_size"],
             "optim": optim,
             "augment": study.get("augment", recipe["augment"]),
             "normalize": study.get("normalize", recipe["normalize"]),
@@ -315,186 +148,219 @@ def study_runs(params: dict, name: str) -> list[dict]:
             "runtime": runtime,
         }
         cfg["run_id"] = run_id(cfg, with_lr="lrs" in study)
-        cfg["config_hash"] = config_hash(cfg)
-        runs.append(copy.deepcopy(cfg))
+        cfg["config_hash"] = config.config_hash(cfg)
+        out.append(json.loads(json.dumps(cfg)))  # a deep copy, as JSON will read it back
+    return _checked(name, out)
 
-    if not runs:
+
+def _checked(name: str, cfgs: list[dict]) -> list[dict]:
+    if not cfgs:
         raise ParamsError(f"studies.{name}: the grid is empty (an axis has no values)")
-    ids = [r["run_id"] for r in runs]
+    ids = [r["run_id"] for r in cfgs]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
         raise ParamsError(
             f"studies.{name}: run ids repeat ({', '.join(dupes[:3])}): two variants differ only "
             "in model_kw; split them into two studies"
         )
-    return runs
+    return cfgs
 
 
-def expand_runs(params: dict) -> list[dict]:
-    """Every run of every enabled study."""
-    return [run for name in studies(params) for run in study_runs(params, name)]
+def plan(params: dict) -> dict[str, list[dict]]:
+    """Every enabled study's run configs (effective params), checked once: a bad name, groups
+    that do not divide, an empty grid or repeated run ids are reported before any job starts."""
+    return {name: study_runs(params, name) for name in studies(params)}
 
 
-# ---------------------------------------------------------------- files on disk
+def load(path: str | Path = config.REPO / "params.yaml", overrides: dict | None = None):
+    """(effective params, study -> run configs) of a params file with overrides on top."""
+    params = config.load_params(path, overrides)
+    return params, plan(params)
 
 
-def run_dir(results_root: str | Path, cfg: dict) -> Path:
-    return Path(results_root) / "runs" / cfg["study"] / cfg["run_id"]
+# ---------------------------------------------------------------- jobs
 
 
-def config_path(results_root: str | Path, cfg: dict) -> Path:
-    return Path(results_root) / "configs" / cfg["study"] / f"{cfg['run_id']}.json"
+@dataclass(frozen=True)
+class Job:
+    """One Snakemake job: a chunk of one cell's runs (seeds ascending), trained by one process
+    (src/train.py: as one fused model, src/packing.py)."""
 
-
-FINISHED = ("ok", "diverged")  # metrics.json statuses that mean "nothing left to do"
-
-
-def finished_hash(metrics_path: Path) -> str | None:
-    """config_hash of a run that finished (ok or diverged); None if not finished or unreadable.
-    The one rule for "done": the planner (sync_run_configs) and src/train.py both use it."""
-    try:
-        metrics = json.loads(metrics_path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(metrics, dict) or metrics.get("status") not in FINISHED:
-        return None
-    return metrics.get("config_hash")
-
-
-def sync_run_configs(runs: list[dict], results_root: str | Path = "results") -> list[Path]:
-    """Write each run's config only when its content changed, then make Snakemake's mtime rule
-    agree with the content: a run whose metrics.json finished under this config hash is done
-    (config made no newer than its metrics), any other existing metrics.json is out of date
-    (config made newer), and a run without one is to run (config made newer than anything).
-    Correct in a fresh clone or DVC workspace with no .snakemake/ metadata. Snakemake must decide
-    by times alone (profile: rerun-triggers mtime, max-checksum-file-size 0).
-    Returns the config paths, in run order."""
-    paths = []
-    for cfg in runs:
-        path = config_path(results_root, cfg)
-        text = json.dumps(cfg, indent=2, sort_keys=True) + "\n"
-        try:
-            unchanged = path.read_text() == text
-        except (OSError, ValueError):  # absent, or not text (a damaged file): rewrite it
-            unchanged = False
-        if not unchanged:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path, text)
-        metrics = run_dir(results_root, cfg) / "metrics.json"
-        if metrics.exists():
-            m_time = metrics.stat().st_mtime
-            c_time = path.stat().st_mtime
-            if finished_hash(metrics) == cfg["config_hash"]:
-                if c_time > m_time:
-                    os.utime(path, (m_time - 1, m_time - 1))
-            elif c_time <= m_time:
-                os.utime(path, (m_time + 1, m_time + 1))
-        else:
-            # Not run, cut off, or its metrics.json deleted by hand: Snakemake 9 reruns a job
-            # whose output is missing only if a job downstream must run, so make the config newer
-            # than the study's summaries (this run's train job is then out of date by its input).
-            os.utime(path)
-        paths.append(path)
-    return paths
-
-
-def write_effective_params(config: dict, path: str | Path) -> None:
-    """The params a Snakemake invocation plans with (its merged `config`) as JSON, for the
-    aggregate and report jobs; rewritten only when its content changes."""
-    path = Path(path)
-    text = json.dumps(config, indent=1, sort_keys=True, default=str) + "\n"
-    if not path.is_file() or path.read_text() != text:
-        atomic_write_text(path, text)
-
-
-def gpu_visible() -> bool:
-    """Whether this machine shows an NVIDIA GPU, without importing torch (parse time)."""
-    import shutil
-
-    return Path("/dev/nvidia0").exists() or shutil.which("nvidia-smi") is not None
-
-
-# ---------------------------------------------------------------- packs (runtime.pack)
-
-# What the runs of one cell differ in: a cell's runs can be trained together as one fused
-# model (src/packing.py, src/train.py), each exactly the run it would be alone.
-PER_RUN_KEYS = ("seed", "run_id", "config_hash")
-# runtime.pack: auto packs a cell's runs only where benchmarks/pack_throughput.py measured
-# packing faster on that device type: batch sizes up to max_batch, at most `size` runs a pack.
-# CPU (2 cores, fp32, ResNet-20 BN/GN): 1.8-2.0x at batch 2, 1.2-1.4x at batch 8, < 1x from 32.
-# CUDA: not measured yet, so auto does not pack there (an integer runtime.pack does).
-AUTO_PACK = {"cpu": {"max_batch": 8, "size": 5}, "cuda": {"max_batch": 0, "size": 1}}
-
-
-def cell_difference(a: dict, b: dict) -> str | None:
-    """The first key (sorted) in which run configs a and b differ beyond PER_RUN_KEYS; None
-    when they are runs of one cell."""
-    for key in sorted(set(a) | set(b)):
-        if key not in PER_RUN_KEYS and a.get(key) != b.get(key):
-            return key
-    return None
-
-
-def cell_key(cfg: dict) -> str:
-    return json.dumps({k: v for k, v in cfg.items() if k not in PER_RUN_KEYS}, sort_keys=True)
-
-
-def pack_setting(params: dict):
-    """runtime.pack of the effective params (the scale preset's runtime on top): off by default."""
-    runtime = deep_merge(params.get("runtime", {}), _preset(params).get("runtime", {}))
-    return runtime.get("pack", "off")
+    study: str
+    id: str  # <cell>-s<first seed>[-<last seed>]: resnet20-gn-g8-bs4-s0-4, or a run's own id
+    runs: tuple[dict, ...]
 
 
 def pack_size(setting, batch_size: int, device_type: str) -> int:
-    """Runs per pack: runtime.pack `off` (or false) -> 1, an integer K -> K, `auto` -> AUTO_PACK."""
+    """Runs per job: runtime.pack `off` (or false) -> 1, an integer K -> K, `auto` -> what
+    benchmarks measured faster on this device type (pack_policy)."""
     if setting == "auto":
-        policy = AUTO_PACK[device_type]
-        return policy["size"] if batch_size <= policy["max_batch"] else 1
+        return pack_policy.auto_pack_size(batch_size, device_type)
     if setting in ("off", False, None):
         return 1
     return int(setting)
 
 
-def plan_packs(runs: list[dict], results_root: str | Path, setting, device_type: str):
-    """The unfinished runs (finished_hash is not theirs) grouped into packs: runs of one cell,
-    in grid order (seeds ascending), in chunks of pack_size. Finished runs are in no pack, so
-    adding a seed packs only the new runs. A pack that finishes leaves the other packs of its
-    cell as they were (only the last chunk is short), so a job re-planned later (a cluster job
-    parses the workflow again) finds its pack unchanged."""
-    cells: dict[str, list[dict]] = {}  # insertion order: grid order
-    for cfg in runs:
-        if finished_hash(run_dir(results_root, cfg) / "metrics.json") != cfg["config_hash"]:
-            cells.setdefault(cell_key(cfg), []).append(cfg)
-    packs = []
+def jobs(cfgs: list[dict], setting, device_type: str) -> list[Job]:
+    """The runs grouped into jobs: per cell (grid order), seeds ascending, chunks of pack_size.
+    A seed added to a cell joins its last chunk or starts a new one; no other job changes."""
+    cells: dict[str, list[dict]] = {}
+    for cfg in cfgs:
+        cells.setdefault(runs.cell_key(cfg), []).append(cfg)
+    out = []
     for members in cells.values():
+        members.sort(key=lambda c: c["seed"])
         k = pack_size(setting, members[0]["batch_size"], device_type)
-        packs += [members[i : i + k] for i in range(0, len(members), k)]
-    return packs
+        for chunk in (members[i : i + k] for i in range(0, len(members), k)):
+            cell = chunk[0]["run_id"].rsplit("-s", 1)[0]
+            seeds = f"s{chunk[0]['seed']}" + (f"-{chunk[-1]['seed']}" if len(chunk) > 1 else "")
+            out.append(Job(chunk[0]["study"], f"{cell}-{seeds}", tuple(chunk)))
+    return out
+
+
+# ---------------------------------------------------------------- job records (files on disk)
+
+
+def record_path(results: str | os.PathLike, grid: str, study: str, job: str, attempt: int) -> Path:
+    """What a train job writes last (the output Snakemake waits for): each run's status."""
+    return Path(results) / "jobs" / grid / study / f"{job}.{attempt}.json"
+
+
+def latest_attempts(results: str | os.PathLike, grid: str, study: str) -> dict[str, int]:
+    """Job id -> the highest attempt with a record on disk (one listing per study)."""
+    folder = Path(results) / "jobs" / grid / study
+    found: dict[str, int] = {}
+    try:
+        names = [e.name for e in os.scandir(folder)]
+    except OSError:
+        return found
+    for name in names:
+        job, _, rest = name.rpartition(".json")[0].rpartition(".")
+        if name.endswith(".json") and job and rest.isdigit():
+            found[job] = max(found.get(job, -1), int(rest))
+    return found
+
+
+def record_attempt(results, job: Job, latest: int | None) -> int:
+    """The attempt whose record the grid asks for: the latest if every run of the job finished
+    under its config (nothing to do), else the next one (a missing file: the job runs, and
+    trains its unfinished runs). Missing output is a rerun reason under every rerun trigger,
+    with or without .snakemake/ metadata; a dry run decides the same and writes nothing."""
+    if latest is None:
+        return 0
+    done = all(runs.finished(runs.run_dir(results, c), c["config_hash"]) for c in job.runs)
+    return latest if done else latest + 1
+
+
+def write_job_record(path: str | os.PathLike, run_dirs: list[Path], exit_code: int) -> None:
+    """A job's record: its runs' statuses as they ended, and the trainer's exit code."""
+    statuses = {}
+    for d in run_dirs:
+        try:
+            statuses[d.name] = json.loads((d / runs.METRICS).read_text()).get("status")
+        except (OSError, ValueError, AttributeError):
+            statuses[d.name] = None
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {"runs": statuses, "exit_code": exit_code,
+                             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})  # fmt: skip
+
+
+# ---------------------------------------------------------------- what a real run writes
+
+
+def write_run_configs(cfgs: list[dict], results: str | os.PathLike = "results") -> int:
+    """Each run's config, written only when its content changed (a run's train.py reads it).
+    Returns how many were written."""
+    written = 0
+    for cfg in cfgs:
+        path = runs.config_path(results, cfg)
+        text = json.dumps(cfg, indent=2, sort_keys=True) + "\n"
+        try:
+            if path.read_text() == text:
+                continue
+        except (OSError, ValueError):  # absent, or not text (a damaged file): rewrite it
+            pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
+        written += 1
+    return written
+
+
+def params_path(results: str | os.PathLike, grid: str) -> Path:
+    """The params a grid was last run with (params.yaml with every --configfile overlay and
+    --config value on top): what its aggregation and report plan with."""
+    return Path(results) / "params" / f"{grid}.json"
+
+
+def last_grid_path(results: str | os.PathLike) -> Path:
+    return Path(results) / "last-grid.json"
+
+
+def record_grid(results: str | os.PathLike, grid: str, raw: dict) -> Path:
+    """Write the grid's params (only when changed) and mark it the grid last run here."""
+    path = params_path(results, grid)
+    text = json.dumps(raw, indent=1, sort_keys=True, default=str) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.is_file() or path.read_text() != text:
+        atomic_write_text(path, text)
+    atomic_write_json(last_grid_path(results), {"grid": grid, "params": str(path),
+                                                "ran_at": time.strftime("%Y-%m-%d %H:%M:%S")})  # fmt: skip
+    return path
+
+
+# ---------------------------------------------------------------- which grid a command acts on
+
+
+def add_grid_options(ap: argparse.ArgumentParser) -> None:
+    """--params / --config / --last-grid / --results, as `make status` and `make report` pass."""
+    ap.add_argument("--params", default=None, help="params file (default: params.yaml)")
+    ap.add_argument("--config", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                    help="params.yaml overrides, as given to snakemake (e.g. scale=smoke)")  # fmt: skip
+    ap.add_argument("--last-grid", action="store_true",
+                    help="the grid the last snakemake ran here (results/last-grid.json)")  # fmt: skip
+    ap.add_argument("--results", default="results", help="results root (holds runs/)")
+
+
+def params_from_cli(args: argparse.Namespace) -> tuple[dict, str]:
+    """(effective params, a line saying which grid and why) from add_grid_options' arguments.
+    --last-grid reads the grid the last snakemake ran (its recorded params); without one, or
+    with --params / --config, params.yaml (or --params) with --config on top."""
+    last = last_grid_path(args.results)
+    if args.last_grid and not args.config and args.params is None:
+        try:
+            record = json.loads(last.read_text())
+            params = config.load_params(record["params"])
+            return params, (f"grid {record['grid']} (scale {params['scale']}): the last grid "
+                            f"run here, {record.get('ran_at')}; SCALE=<scale> for another")  # fmt: skip
+        except (OSError, ValueError, KeyError):
+            pass  # no grid has run here yet: params.yaml as it is
+    overrides = config.parse_overrides(args.config)
+    params = config.load_params(args.params or "params.yaml", overrides)
+    why = "as asked" if args.config or args.params else f"params.yaml's; no {last} yet"
+    return params, f"grid {runs.grid_name(params)} (scale {params['scale']}, {why})"
 
 
 # ---------------------------------------------------------------- command line
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="List the runs params.yaml expands to.")
+    ap = argparse.ArgumentParser(description="List the runs (or jobs) params.yaml expands to.")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--config", nargs="*", default=[], help="overrides, e.g. scale=smoke")
     ap.add_argument("--study", help="only this study")
     ap.add_argument("--count", action="store_true", help="print counts per study")
     args = ap.parse_args(argv)
     try:
-        params = load_params(args.params, parse_overrides(args.config))
+        params, planned = load(args.params, config.parse_overrides(args.config))
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    names = [args.study] if args.study else list(studies(params))
-    for name in names:
-        runs = study_runs(params, name)
+    for name in [args.study] if args.study else list(planned):
+        cfgs = planned[name]
         if args.count:
-            print(f"{name}\t{len(runs)}")
+            print(f"{name}\t{len(cfgs)}")
         else:
-            for r in runs:
-                print(f"{name}/{r['run_id']}")
+            print("\n".join(f"{name}/{r['run_id']}" for r in cfgs))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The norm registry: a norm's name decides its layer and the convolution that goes with it.
+"""Norm layers and convolutions, built by a norm's name from its row in norm_registry.NORMS.
 
     name    norm layer                         convolution
     bn      BatchNorm2d                        nn.Conv2d
@@ -12,18 +12,23 @@
 G for gn is set by `groups` or `channels_per_group`, else the largest divisor of C that is
 <= 32 (catalog.resolve_groups). Blocks get `layer_factories(name)`: a norm callable
 `norm_layer(num_channels)` and a conv callable `conv_layer(in, out, kernel_size, stride=1,
-padding=0, bias=False)`; they never look at the name.
+padding=0, bias=False)`; they never look at the name. Every layer make_norm builds carries
+`built_norm` (its norm, C and G): the weight-decay exemption (optim.no_decay_names) and
+train.log's (C, G) line find the norm layers of a model by it, whatever their class.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from normrepro import catalog
+from normrepro.norm_registry import NORMS, NormSpec
 
 # Var(relu(z)) = (1 - 1/pi) / 2 for z ~ N(0, 1), so a scaled-WS conv after a ReLU needs the gain
 # sqrt(2) / sqrt(1 - 1/pi) = 1.71286 to give unit variance again (Brock et al. 2021). NF-ResNets'
@@ -120,17 +125,40 @@ class GroupNorm(nn.GroupNorm):
         return super().forward(x)
 
 
-# name -> (norm layer kind, conv class): the one place that ties a norm to its conv.
-_LAYERS: dict[str, tuple[str, type[nn.Conv2d]]] = {
-    "bn": ("batch", nn.Conv2d),
-    "gn": ("group", nn.Conv2d),
-    "ln": ("group", nn.Conv2d),
-    "in": ("group", nn.Conv2d),
-    "gn_ws": ("group", StdConv2d),
-    "bn_ws": ("batch", StdConv2d),
-    "none": ("identity", ScaledStdConv2d),
-}
-assert list(_LAYERS) == list(catalog.NORMS), "norms._LAYERS and catalog.NORMS disagree"
+# The layer callables the registry's rows name: (num_channels, num_groups, eps, norm) -> layer.
+def batch_norm(num_channels: int, num_groups: None, eps: float, norm: str) -> BatchNorm2d:
+    return BatchNorm2d(num_channels, eps=eps, norm=norm)
+
+
+def group_norm(num_channels: int, num_groups: int, eps: float, norm: str) -> GroupNorm:
+    return GroupNorm(num_groups, num_channels, eps=eps, norm=norm)
+
+
+class BuiltNorm(NamedTuple):
+    """What make_norm records on every layer it builds, as the attribute `built_norm`."""
+
+    norm: str  # its row in norm_registry.NORMS
+    channels: int  # C
+    groups: int | None  # G; None for a norm without groups (BatchNorm)
+
+
+@functools.cache
+def resolve(reference: str):
+    """The object a registry reference "module:attribute" names; ValueError naming it if none."""
+    module, _, attribute = reference.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(
+            f"norm registry: {reference!r} names nothing importable ({err}); allowed: "
+            "'module:attribute' of a callable, e.g. 'normrepro.norms:group_norm'"
+        ) from None
+
+
+def spec_of(module: nn.Module) -> NormSpec | None:
+    """The registry row a layer was built from by make_norm, or None (not built by it)."""
+    built = getattr(module, "built_norm", None)
+    return NORMS.get(built.norm) if isinstance(built, BuiltNorm) else None
 
 
 def make_norm(
@@ -146,21 +174,20 @@ def make_norm(
     channels_per_group that do not divide num_channels, or for groups given to a norm without
     groups.
     """
-    catalog.check_norm(name)
     num_groups = catalog.resolve_groups(name, num_channels, groups, channels_per_group)
-    kind = _LAYERS[name][0]
-    if kind == "batch":
-        return BatchNorm2d(num_channels, eps=eps, norm=name)
-    if kind == "group":
-        return GroupNorm(num_groups, num_channels, eps=eps, norm=name)
-    return nn.Identity()
+    spec = NORMS[name]
+    if spec.layer is None:
+        return nn.Identity()
+    layer = resolve(spec.layer)(num_channels, num_groups, eps, name)
+    layer.built_norm = BuiltNorm(name, num_channels, num_groups)
+    return layer
 
 
 def conv_for_norm(name: str):
     """The conv that goes with norm `name`: callable(in, out, kernel_size, stride=1, padding=0,
     bias=False, ...) -> nn.Conv2d (plain), StdConv2d (*_ws) or ScaledStdConv2d (none)."""
     catalog.check_norm(name)
-    return functools.partial(_LAYERS[name][1], bias=False)
+    return functools.partial(resolve(NORMS[name].conv), bias=False)
 
 
 def layer_factories(name: str, **norm_kw):
@@ -177,31 +204,19 @@ def layer_factories(name: str, **norm_kw):
     return functools.partial(make_norm, name, **norm_kw), conv_for_norm(name)
 
 
-__all__ = [
-    "GAMMA_RELU",
-    "BatchNorm2d",
-    "GroupNorm",
-    "ScaledStdConv2d",
-    "StdConv2d",
-    "conv_for_norm",
-    "layer_factories",
-    "make_norm",
-]
-
-
 def norm_layer_groups(model: nn.Module) -> list[tuple[str, int, int | None]]:
-    """(module name, channels C, groups G) of every norm layer of a built model, in order.
+    """(module name, channels C, groups G) of every norm layer (built by make_norm) of a built
+    model, in order.
 
-    G is None for BatchNorm (no groups). C == G means InstanceNorm on that layer and G == 1
-    LayerNorm, whatever the norm was called: the trainer logs this list so that a "gn" which is
-    IN on some layers is visible in every run's train.log.
+    G is None for a norm without groups (BatchNorm). C == G means InstanceNorm on that layer and
+    G == 1 LayerNorm, whatever the norm was called: the trainer logs this list so that a "gn"
+    which is IN on some layers is visible in every run's train.log.
     """
     out = []
     for name, module in model.named_modules():
-        if isinstance(module, nn.GroupNorm):
-            out.append((name, module.num_channels, module.num_groups))
-        elif isinstance(module, nn.modules.batchnorm._NormBase):
-            out.append((name, module.num_features, None))
+        built = getattr(module, "built_norm", None)
+        if isinstance(built, BuiltNorm):
+            out.append((name, built.channels, built.groups))
     return out
 
 
@@ -212,3 +227,28 @@ def format_norm_layer_groups(layers: list[tuple[str, int, int | None]]) -> str:
         counts[(c, g)] = counts.get((c, g), 0) + 1
     parts = [f"{c}ch/G{'-' if g is None else g} x{n}" for (c, g), n in counts.items()]
     return ", ".join(parts) or "no norm layers"
+
+
+# Every row's references resolve (a typo fails on import, not inside a training job).
+for _spec in NORMS.values():
+    for _reference in (_spec.layer, _spec.conv):
+        if _reference is not None:
+            resolve(_reference)
+
+__all__ = [
+    "GAMMA_RELU",
+    "BatchNorm2d",
+    "BuiltNorm",
+    "GroupNorm",
+    "ScaledStdConv2d",
+    "StdConv2d",
+    "batch_norm",
+    "conv_for_norm",
+    "format_norm_layer_groups",
+    "group_norm",
+    "layer_factories",
+    "make_norm",
+    "norm_layer_groups",
+    "resolve",
+    "spec_of",
+]

@@ -11,30 +11,38 @@ import math
 import torch
 from torch import nn
 
+from normrepro import norms
+
 # step: lr *= factor at each epoch of `milestones` (seed 000: factor 0.2 at 60/90/120/200);
 # evenly: lr *= factor at `n_drops` evenly spaced epochs (seed 001: factor 0.1);
 # cosine: from lr to 0 over the epochs after warmup; constant: lr throughout.
 # (run_config.SCHEDULES lists them for validation.)
 
 
-# Modules whose every parameter is a normalization gain or shift.
-NORM_MODULES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+# torch's own norm layers, for a model built without norms.make_norm (whose layers say their
+# norm, and the norm's registry row says whether it is exempt).
+TORCH_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def is_exempt_norm_layer(module: nn.Module) -> bool:
+    """Whether every parameter of `module` is a norm gain or shift that `wd_on_norm: false`
+    exempts: a layer of a norm whose registry row has wd_exempt (norm_registry.NORMS), or one of
+    torch's norm layers built outside the registry."""
+    spec = norms.spec_of(module)
+    return spec.wd_exempt if spec is not None else isinstance(module, TORCH_NORMS)
 
 
 def no_decay_names(model: nn.Module) -> set[str]:
     """Names of the parameters that `wd_on_norm: false` exempts from weight decay, by role:
-    every parameter of a norm layer, every bias, and the parameters a module lists in its
-    `no_weight_decay` attribute (the per-channel gain of a scaled-WS conv: a 4-D tensor
-    [out, 1, 1, 1], which a test on ndim would miss)."""
+    every parameter of an exempt norm layer (is_exempt_norm_layer), every bias, and the
+    parameters a module lists in its `no_weight_decay` attribute (the per-channel gain of a
+    scaled-WS conv: a 4-D tensor [out, 1, 1, 1], which a test on ndim would miss)."""
     names = set()
     for mod_name, module in model.named_modules():
         prefix = f"{mod_name}." if mod_name else ""
+        exempt_layer = is_exempt_norm_layer(module)
         for p_name, _ in module.named_parameters(recurse=False):
-            if (
-                isinstance(module, NORM_MODULES)
-                or p_name == "bias"
-                or p_name in getattr(module, "no_weight_decay", ())
-            ):
+            if exempt_layer or p_name == "bias" or p_name in getattr(module, "no_weight_decay", ()):
                 names.add(prefix + p_name)
     return names
 

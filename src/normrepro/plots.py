@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import textwrap
 
 import matplotlib
 
@@ -50,12 +51,14 @@ def line_bands(
     logx2: bool = False,
     logy: bool = False,
     ax: plt.Axes | None = None,
+    bounds: tuple[float, float] | None = None,
 ) -> plt.Figure:
     """One line per `hue` level through (x, mean), shaded between lo and hi (a 95% CI band).
 
     Columns: x, hue, mean, lo, hi, optional note. Rows with a NaN mean are gaps (a missing
     cell). A non-empty `note` (survivorship: '1/2, 1 div.') is written at its point, or at the
-    bottom of the axes where the point has no mean."""
+    bottom of the axes where the point has no mean. `bounds`: what the quantity can take
+    ((0, 100) for a percentage): the y axis never goes beyond it."""
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=FIGSIZE)
     levels = list(dict.fromkeys(df[hue]))
     colors = _colors(levels)
@@ -77,38 +80,85 @@ def line_bands(
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    clamp_y(ax, bounds)
     if levels:
-        ax.legend(frameon=False)
+        legend_outside(ax)
     return fig
 
 
-def bars_ci(df: pd.DataFrame, x: str, hue: str, xlabel: str, ylabel: str) -> plt.Figure:
-    """Grouped bars of `mean` with `ci` whiskers (NaN ci: no whisker). Columns: x, hue, mean, ci."""
+def clamp_y(ax: plt.Axes, bounds: tuple[float, float] | None) -> None:
+    """Keeps the y axis (and so its ticks) within what the quantity can take."""
+    if bounds is not None:
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(max(lo, bounds[0]), min(hi, bounds[1]))
+
+
+def legend_outside(ax: plt.Axes, **kwargs) -> None:
+    """The legend right of the axes, where it can cover no line, bar or survivorship note."""
+    ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0), **kwargs)
+
+
+def bars_ci(
+    df: pd.DataFrame,
+    x: str,
+    hue: str,
+    xlabel: str,
+    ylabel: str,
+    bounds: tuple[float, float] = (0.0, 100.0),
+) -> plt.Figure:
+    """Grouped bars of `mean` with whiskers from `lo` to `hi` (a CI already clipped to what the
+    quantity can take; without them mean ± `ci`; NaN: no whisker). Columns: x, hue, mean, ci
+    [, lo, hi, note]. The y axis stays within `bounds` (a percentage: 0 to 100)."""
     fig, ax = plt.subplots(figsize=FIGSIZE)
     xs = list(dict.fromkeys(df[x]))
     hues = list(dict.fromkeys(df[hue]))
     colors = _colors(hues)
     width = 0.8 / max(len(hues), 1)
+    ci = df["ci"].fillna(0.0)
+    df = df.assign(lo=df.get("lo", df["mean"] - ci), hi=df.get("hi", df["mean"] + ci))
     for j, level in enumerate(hues):
         d = df[df[hue] == level].set_index(x).reindex(xs)
         pos = np.arange(len(xs)) + (j - (len(hues) - 1) / 2) * width
         ax.bar(pos, d["mean"], width, color=colors[level], label=str(level))
-        ax.errorbar(pos, d["mean"], yerr=d["ci"], fmt="none", ecolor="0.15", capsize=3, lw=1)
+        yerr = np.vstack([d["mean"] - d["lo"], d["hi"] - d["mean"]])
+        ax.errorbar(pos, d["mean"], yerr=yerr, fmt="none", ecolor="0.15", capsize=3, lw=1)
         if "note" in d:
-            top = d["mean"] + d["ci"].fillna(0)
-            _notes(ax, pos, top, d["note"].fillna(""), "0.15", rotation=90)
+            _notes(ax, pos, d["hi"], d["note"].fillna(""), "0.15", rotation=90)
     ax.set_xticks(np.arange(len(xs)), [str(v) for v in xs])
-    finite = df["mean"].dropna()
-    if len(finite):  # zoom on the spread: accuracies of a few % apart are the point
-        top = float((df["mean"] + df["ci"].fillna(0)).max())
-        low = float((df["mean"] - df["ci"].fillna(0)).min())
+    if df["mean"].notna().any():  # zoom on the spread: values a few % apart are the point
+        top, low = float(df["hi"].max()), float(df["lo"].min())
         pad = max((top - low) * 0.15, 0.5)
-        ax.set_ylim(max(0.0, low - pad), top + pad)
+        ax.set_ylim(max(bounds[0], low - pad), min(bounds[1], top + pad))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if hues:
-        ax.legend(frameon=False, ncols=min(len(hues), 4))
+        legend_outside(ax)
+    fit_xticklabels(fig, ax)
     return fig
+
+
+def fit_xticklabels(fig: plt.Figure, ax: plt.Axes) -> None:
+    """Makes the x tick labels readable side by side: wrapped at spaces ever shorter while two
+    overlap, then turned 30 degrees if they still do (measured as drawn)."""
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    for width in (14, 10, 7):
+        if not _xlabels_overlap(fig, ax):
+            return
+        ax.set_xticks(ax.get_xticks(), [textwrap.fill(t, width) for t in labels])
+    if _xlabels_overlap(fig, ax):
+        ax.tick_params(axis="x", labelrotation=30)
+        for t in ax.get_xticklabels():
+            t.set_horizontalalignment("right")
+
+
+def _xlabels_overlap(fig: plt.Figure, ax: plt.Axes, gap: float = 4.0) -> bool:
+    """Whether two x tick labels' boxes come closer than `gap` pixels (measured as drawn)."""
+    renderer = fig.canvas.get_renderer()
+    boxes = sorted(
+        (t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()),
+        key=lambda b: b.x0,
+    )
+    return any(a.x1 + gap > b.x0 for a, b in itertools.pairwise(boxes))
 
 
 def _notes(ax, xs, ys, notes, color, rotation: float = 0) -> None:
@@ -149,16 +199,20 @@ def heatmap(values: pd.DataFrame, labels: pd.DataFrame, xlabel: str, ylabel: str
     fig, ax = plt.subplots(figsize=(FIGSIZE[0], 0.6 * len(values) + 1.6))
     finite = values.to_numpy(float)[np.isfinite(values.to_numpy(float))]
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    # A colour bar says how colours map to values; with one value (or all equal) it would span
+    # an invented range (17 to 18 for one cell at 17 %): no bar then, the cells carry the value.
+    spread = vmax > vmin
     sns.heatmap(
         values.astype(float),
         annot=labels.to_numpy(),
         fmt="",
         cmap="viridis",
-        vmin=vmin,
-        vmax=vmax if vmax > vmin else vmin + 1,
+        vmin=vmin if spread else vmin - 1,
+        vmax=vmax if spread else vmin + 1,
         linewidths=0.5,
         linecolor="white",
-        cbar_kws={"label": cbar},
+        cbar=spread,
+        cbar_kws={"label": cbar} if spread else None,
         ax=ax,
     )
     # seaborn leaves NaN cells blank: hatch them and write why (diverged, missing, ...).
@@ -179,14 +233,19 @@ def heatmap(values: pd.DataFrame, labels: pd.DataFrame, xlabel: str, ylabel: str
     return fig
 
 
-def curves(panels: list[tuple[pd.DataFrame, str]], hue: str, xlabel: str = "epoch"):
-    """Side-by-side line_bands panels sharing x: [(bands DataFrame, y label), ...]."""
+def curves(panels: list[tuple], hue: str, xlabel: str = "epoch"):
+    """Side-by-side line_bands panels sharing x: [(bands DataFrame, y label[, y bounds]), ...];
+    one legend, right of the last panel (the panels share their series)."""
     fig, axes = plt.subplots(
         1, len(panels), figsize=(FIGSIZE[0] * (1 if len(panels) == 1 else 1.4), FIGSIZE[1])
     )
-    for ax, (df, ylabel) in zip(np.atleast_1d(axes), panels, strict=True):
-        line_bands(df, "epoch", hue, xlabel, ylabel, ax=ax)
+    axes = np.atleast_1d(axes)
+    for ax, (df, ylabel, *bounds) in zip(axes, panels, strict=True):
+        line_bands(df, "epoch", hue, xlabel, ylabel, ax=ax, bounds=bounds[0] if bounds else None)
         if df.empty:
             ax.text(0.5, 0.5, "no history yet", ha="center", va="center", transform=ax.transAxes)
+    for ax in axes[:-1]:
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
     fig.tight_layout()
     return fig

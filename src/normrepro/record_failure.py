@@ -1,9 +1,11 @@
-"""Record a crashed run: a `failed` metrics.json naming its log, so the grid goes on.
+"""The end of a train job: record the runs its trainer left unfinished as `failed`, then write
+the job's record (the file Snakemake waits for), so the grid goes on.
 
-Called by the Snakemake train rule when src/train.py exits non-zero (an exception, out of
-memory, a kill); for a pack (--config/--out repeated, as src/train.py takes them), every run of
-the pack that has not finished is recorded, each with the job's log. The study still aggregates and the report lists the run as failed with its log;
-the next invocation reruns it, since src/grid.py treats a failed metrics.json as unfinished.
+The train rule calls it after src/train.py, whatever train.py's exit code: for a pack (--config /
+--out repeated, as src/train.py takes them) every run that did not finish is recorded with the
+job's log (`runs.write_failed`). The study still aggregates and the report lists each failed
+run with its log; the next invocation trains it again, since a failed run is not finished and
+its job's record then asks for another attempt (grid.record_attempt).
 """
 
 from __future__ import annotations
@@ -13,11 +15,10 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from normrepro.grid import finished_hash
-from normrepro.io_utils import atomic_write_json, read_json
+from normrepro import grid, runs
+from normrepro.io_utils import read_json
 
 
 def last_lines(path: Path, n: int = 20) -> str:
@@ -52,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--log", required=True, action="append", help="the job's log file (once, or per run)"
     )
-    ap.add_argument("--exit-code", type=int, required=True)
+    ap.add_argument("--exit-code", type=int, required=True, help="src/train.py's exit status")
+    ap.add_argument("--job-record", type=Path, help="then write the job's record here")
     args = ap.parse_args(argv)
     logs = args.log * len(args.config) if len(args.log) == 1 else args.log
     if not len(args.config) == len(args.out) == len(logs):
@@ -61,8 +63,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(args.log)} times; allowed: one --out per --config, --log once or per --config"
         )
     code = 0
-    for config, out, log in zip(args.config, args.out, logs, strict=True):
-        code = max(code, record(config, Path(out), log, args.exit_code))
+    if args.exit_code != 0:
+        for config, out, log in zip(args.config, args.out, logs, strict=True):
+            code = max(code, record(config, Path(out), log, args.exit_code))
+    if args.job_record is not None and code == 0:
+        try:
+            grid.write_job_record(args.job_record, [Path(o) for o in args.out], args.exit_code)
+        except OSError as err:
+            print(f"record_failure.py: cannot write {args.job_record}: {err}", file=sys.stderr)
+            return 1
     return code
 
 
@@ -70,26 +79,20 @@ def record(config: str, out: Path, log: str, exit_code: int) -> int:
     """Write out/metrics.json as `failed`, unless the run finished (a pack's runs that ended
     before the crash keep their results)."""
     cfg = read_json(config)
-    if finished_hash(out / "metrics.json") == cfg.get("config_hash"):
-        return 0
-    metrics = {
-        "status": "failed",
-        "exit_code": exit_code,
-        "log_path": str(log),
-        "slurm_log_path": slurm_log(),  # null off Slurm
-        "error": last_lines(Path(log)),
-        "study": cfg.get("study"),
-        "run_id": cfg.get("run_id"),
-        "config_hash": cfg.get("config_hash"),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "metrics.json", metrics)
+        wrote = runs.write_failed(
+            out,
+            cfg,
+            exit_code=exit_code,
+            log_path=str(log),
+            slurm_log_path=slurm_log(),  # null off Slurm
+            error=last_lines(Path(log)),
+        )
     except OSError as err:  # disk full, read-only: say where; the job then fails visibly
-        print(f"record_failure.py: cannot write {out / 'metrics.json'}: {err}", file=sys.stderr)
+        print(f"record_failure.py: cannot write {out / runs.METRICS}: {err}", file=sys.stderr)
         return 1
-    print(f"run {cfg.get('study')}/{cfg.get('run_id')} failed (exit {exit_code}); log: {log}")
+    if wrote:
+        print(f"run {cfg.get('study')}/{cfg.get('run_id')} failed (exit {exit_code}); log: {log}")
     return 0
 
 

@@ -31,7 +31,7 @@ CIFAR10_ERROR_ANCHORS = {
 # mostly where seed 001 is silent: (label, run-config key whose value is shown, why).
 RESNET20_CHOICES = [
     (
-        "ResNet-20 shortcuts: 1x1 projections where the shape changes",
+        "shortcuts: 1x1 projections where the shape changes",
         "",
         "as seed 001; about 1 % more parameters than He et al.'s option A, whose 8.75 % error "
         "is quoted as the ResNet-20 anchor",

@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import hashlib
-import json
 import sys
 import tempfile
 from html import escape as html_escape
@@ -28,34 +25,31 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
-from normrepro import aggregate, grid
+from normrepro import aggregate, claims_view, grid
 from normrepro import studies as kinds
-from normrepro.gitinfo import git
 from normrepro.io_utils import atomic_write_text
+from normrepro.report_header import header_view, provenance
 from normrepro.status import grid_status, interim_view
+from normrepro.studies import quantity as q
 from normrepro.studies.common import (
+    LOST,
     PROBLEMS,
     StudyData,
+    model_names,
+    norm_label,
     num,
     pct,
     ran,
     stat_cell,
     table,
 )
+from normrepro.studies.what_ran import title_as_run
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
 # ---------------------------------------------------------------------------- loading
-
-
-def make_study(
-    name: str, meta: dict, runs: pd.DataFrame, history: pd.DataFrame | None = None
-) -> StudyData:
-    """A StudyData whose summary and Welch tests are computed from its per-run table."""
-    t = aggregate.study_tables(runs, meta, history)
-    return StudyData.from_tables(name, meta, t, "computed from the per-run table")
 
 
 def load_study(
@@ -67,7 +61,11 @@ def load_study(
 ) -> StudyData:
     """The study's aggregate (SUMMARIES/<name>/, default results/summaries/<name>/) when it was
     made for this grid; otherwise aggregated now from the run folders."""
-    folder = Path(summaries) / name if summaries else aggregate.summary_dir(results_root, name)
+    folder = (
+        Path(summaries) / name
+        if summaries
+        else aggregate.summary_dir(results_root, name, run_cfgs[0]["grid"])
+    )
     tables = aggregate.read_study(folder)
     source = f"{folder}/summary.csv"
     planned = {(c["run_id"], c["config_hash"]) for c in run_cfgs}
@@ -87,36 +85,88 @@ def p_text(p) -> str:
     return "" if pd.isna(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
 
 
-def hours_text(seconds: float) -> str:
-    h = seconds / 3600
-    return f"{h:.2f} h" if h < 10 else f"{h:.1f} h"
-
-
-def cells_table(sd: StudyData, collapsed: bool) -> dict:
-    """Every cell of the study with its counts and statistics (any kind, user-added studies)."""
+def cells_table(sd: StudyData, collapsed: bool, quantity: str) -> dict:
+    """Every cell of the study with its counts and statistics (any kind, user-added studies),
+    in the study's quantity (error or accuracy %), models named as they ran."""
     axes = [a for a in sd.meta.get("axes") or [] if a in sd.summary and sd.summary[a].notna().any()]
     cols = [(a, a in aggregate.INT_COLUMNS or a == "lr") for a in axes]
-    cols += [("test acc %", True), ("best val acc %", True), ("test acc min–max %", True)]
+    test, best = q.metric(quantity), q.metric(quantity, "best_val")
+    cols += [(f"{q.label(quantity)} %", True), (f"{q.label(quantity, 'best_val')} %", True)]
+    cols += [(f"{q.label(quantity)} min–max %", True)]
+    names = model_names(sd)
     body = []
-    for _, r in sd.summary.iterrows():
+    for _, r in q.with_errors(sd.summary).iterrows():
         line = [num("" if pd.isna(r[a]) else f"{r[a]:g}") if dict(cols)[a] else r[a] for a in axes]
-        line += [stat_cell(r, m) for m in ("test_acc", "best_val_acc")]
-        span = f"{pct(r['test_acc_min'])}–{pct(r['test_acc_max'])}" if r["n"] else ""
+        if "model" in axes:
+            line[axes.index("model")] = names.get(r["model"], r["model"])
+        line += [stat_cell(r, m) for m in (test, best)]
+        span = f"{pct(r[f'{test}_min'])}–{pct(r[f'{test}_max'])}" if r["n"] else ""
         body.append([*line, num(span)])
     caption = f"All cells of {sd.name} ({len(body)}), ours: {ran(sd)}."
     return table(caption, cols, body, collapsed=collapsed)
 
 
-def welch_table(sd: StudyData) -> dict | None:
+def level_text(level: str) -> str:
+    """A compared level as the tables name it: 'gn/g8' -> 'GN (G=8)', 'gn/cpg4' -> 'GN (C/G=4)'."""
+    norm, *rest = str(level).split("/")
+    row = {"norm": norm, "groups": None, "channels_per_group": None}
+    for part in rest:
+        key = "channels_per_group" if part.startswith("cpg") else "groups"
+        row[key] = int(part.removeprefix("cpg").removeprefix("g"))
+    return norm_label(row)
+
+
+def at_text(r, names: dict) -> str:
+    """The setting a test compares at: 'ResNet-8, batch 32, lr 0.025'."""
+    parts = [names.get(r["model"], r["model"])] if "model" in r and pd.notna(r["model"]) else []
+    if "batch_size" in r and pd.notna(r["batch_size"]):
+        parts.append(f"batch {int(r['batch_size'])}")
+    if "lr" in r and pd.notna(r["lr"]):
+        parts.append(f"lr {float(r['lr']):g}")
+    return ", ".join(parts) or str(r["cell"])
+
+
+def lost_by_level(sd: StudyData) -> dict:
+    """{(setting label, level label): (planned, {status: runs})} of the runs behind each side
+    of a Welch test, labelled as aggregate.welch_tests labels them."""
+    runs = aggregate.typed(sd.runs)
+    level_axes = [a for a in aggregate.LEVEL_AXES["norm"] if a in runs]
+    others = [a for a in sd.meta.get("axes") or [] if a not in level_axes and a in runs]
+    out = {}
+    for r in runs.to_dict("records"):
+        key = (aggregate.cell_label(r, others), aggregate.cell_label(r, level_axes))
+        planned, lost = out.get(key, (0, {}))
+        if r["status"] != "ok":
+            lost = {**lost, r["status"]: lost.get(r["status"], 0) + 1}
+        out[key] = (planned + 1, lost)
+    return out
+
+
+def n_text(n, planned_lost) -> dict:
+    """A side's n: '3', or where its cell lost runs '2 of 3: 1 diverged' (survivorship: the
+    test compares the runs that finished, not the plan)."""
+    planned, lost = planned_lost or (n, {})
+    if int(n) == planned:
+        return num(int(n))
+    what = ", ".join(f"{c} {s}" for s, c in lost.items() if s in LOST)
+    return num(f"{int(n)} of {planned}: {what}", "partial")
+
+
+def welch_table(sd: StudyData, quantity: str) -> dict | None:
     w = sd.welch
     if w is None or w.empty:
         return None
+    w = q.welch_in(quantity, w)
+    what = q.label(quantity)
     cols = [("At", False), ("A", False), ("B", False), ("n A", True), ("n B", True)]
-    cols += [("mean A %", True), ("mean B %", True), ("A − B (pp)", True), ("t", True)]
+    cols += [(f"A: {what} %", True), (f"B: {what} %", True), ("A − B (pp)", True), ("t", True)]
     cols += [("p", True), ("p, Holm-adjusted", True)]
+    names, lost = model_names(sd), lost_by_level(sd)
     body = []
     for _, r in w.iterrows():
-        body.append([r["cell"], r["level_a"], r["level_b"], num(r["n_a"]), num(r["n_b"])])
+        body.append([at_text(r, names), level_text(r["level_a"]), level_text(r["level_b"])])
+        body[-1] += [n_text(r["n_a"], lost.get((r["cell"], r["level_a"])))]
+        body[-1] += [n_text(r["n_b"], lost.get((r["cell"], r["level_b"])))]
         body[-1] += [num(pct(r["mean_a"])), num(pct(r["mean_b"])), num(pct(r["diff"]))]
         body[-1] += [
             num("" if pd.isna(r["t"]) else f"{r['t']:.2f}"),
@@ -125,12 +175,12 @@ def welch_table(sd: StudyData) -> dict | None:
         ]
     family = int(w["family"].max()) if w["family"].notna().any() else 0
     caption = (
-        f"Welch t-tests of {w['metric'].iloc[0]} between {w['compare'].iloc[0]} levels at equal "
-        f"other settings, ours ({ran(sd)}): two-sided, unequal variances, ok runs; blank where a "
-        f"side has n < 2. Multiple comparisons: the family adjusted together is this study's "
-        f"{family} test{'s' if family != 1 else ''} (every pair at every setting), by Holm's "
-        "step-down method; read the "
-        "adjusted p, not the raw one, when asking whether any difference is real."
+        f"Welch t-tests of {what} between norms at equal other settings, ours ({ran(sd)}): "
+        "two-sided, unequal variances, ok runs only (n; where a side's cell lost runs, n of "
+        "planned and what happened to the rest); blank where a side has n < 2. Multiple "
+        f"comparisons: the family adjusted together is this study's {family} "
+        f"test{'s' if family != 1 else ''} (every pair at every setting), by Holm's step-down "
+        "method; read the adjusted p, not the raw one, when asking whether any difference is real."
     )
     return table(caption, cols, body, collapsed=len(body) > 12)
 
@@ -169,131 +219,22 @@ def counts_text(runs: pd.DataFrame) -> str:
 
 def study_view(sd: StudyData) -> dict:
     kind = sd.meta.get("kind") or "generic"
-    blocks = kinds.builder(kind)(sd) if len(sd.summary) else []
+    build, quantity = kinds.builder(kind), kinds.kind_quantity(kind)
+    blocks = build(sd) if len(sd.summary) else []
     blocks = [b for b in blocks if b]  # a kind may leave out a block (no choices to state)
-    blocks.append(cells_table(sd, collapsed=kind != "generic"))
-    w = welch_table(sd)
+    blocks.append(cells_table(sd, kind != "generic", quantity))
+    w = welch_table(sd, quantity)
     if w:
         blocks.append(w)
     return {
         "id": sd.name,
-        "title": sd.meta.get("title") or sd.name,
+        "title": title_as_run(sd.meta.get("title") or sd.name, sd),
         "seed_doc": sd.meta.get("seed_doc") or "",
         "kind": kind,
         "source": sd.source,
         "counts": counts_text(sd.runs),
         "blocks": blocks,
         **run_lists(sd.runs),
-    }
-
-
-# ---------------------------------------------------------------------------- header
-
-
-def provenance(params: dict | None) -> dict:
-    """Code and parameters that produced the report (not the runs: those are per run)."""
-    rev = git("rev-parse", "--short=12", "HEAD")
-    dirty = git("status", "--porcelain")
-    code = "no commit yet" if rev is None else rev + (" (dirty)" if dirty else "")
-    blob = json.dumps(params or {}, sort_keys=True, default=str).encode()
-    return {
-        "git": code,
-        "params_hash": hashlib.sha256(blob).hexdigest()[:12],
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-    }
-
-
-def _distinct(runs: pd.DataFrame, col: str) -> str:
-    if col not in runs:
-        return "—"
-    vals = [str(v) for v in dict.fromkeys(runs[col]) if not pd.isna(v)]
-    return ", ".join(vals) or "—"
-
-
-def _trim_text(key: str, value) -> str:
-    if key == "variants":  # [{model, norm, norm_kw}] -> "resnet20 bn, resnet20 gn (groups 8)"
-        return ", ".join(
-            f"{v['model']} {v['norm']}"
-            + "".join(f" ({k} {x})" for k, x in v.get("norm_kw", {}).items())
-            for v in value
-        )
-    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
-
-
-def preset_choices(params: dict) -> list[str]:
-    """What the scale's preset (smoke, laptop) changes from the seeds' recipes, one line each:
-    the choices a budget forced, printed in the header so no number is read without them."""
-    preset = (
-        params.get(params.get("scale"), {}) if params.get("scale") in grid.PRESET_SCALES else {}
-    )
-    lines = []
-    data = preset.get("data", {})
-    if data:
-        held = (
-            f", {data['val_size']:,} of them held out for validation"
-            if data.get("val_size")
-            else ""
-        )
-        subset = data.get("train_subset")
-        drawn = f"a class-balanced subset of {subset:,} training images{held}" if subset else ""
-        test = data.get("test_subset")
-        lines.append(
-            f"data: {data.get('name', params['data']['name'])}"
-            + (f", {drawn}" if drawn else "")
-            + (f", test subset {test:,}" if test else ", the whole test set")
-        )
-    if "epochs" in preset:
-        lines.append(f"epochs: {preset['epochs']} for every study (lr milestones scaled with them)")
-    if "n_seeds" in preset:
-        lines.append(f"seeds: at most {preset['n_seeds']} per cell")
-    for model, kw in preset.get("model_kw", {}).items():
-        lines.append(f"model {model} built with {', '.join(f'{k}={v}' for k, v in kw.items())}")
-    for name, trims in preset.get("studies", {}).items():
-        if trims.get("enabled") is False:
-            lines.append(f"study {name}: off at this scale")
-        else:
-            keys = ", ".join(
-                f"{k} = {_trim_text(k, v)}" for k, v in trims.items() if k != "enabled"
-            )
-            lines.append(f"study {name}: {keys}")
-    return lines
-
-
-def header_view(studies: list[StudyData], params: dict | None, prov: dict) -> dict:
-    runs = (
-        pd.concat([sd.runs for sd in studies], ignore_index=True)
-        if studies
-        else pd.DataFrame(columns=aggregate.RUN_COLUMNS)
-    )
-    finished = runs[runs["status"].isin(["ok", "diverged"])]
-    gpu = finished["device"].astype(str).str.startswith("cuda")
-    compute = []
-    for label, mask in (("GPU", gpu), ("CPU", ~gpu)):
-        if mask.any():
-            compute.append(f"{hours_text(finished.loc[mask, 'wall_s'].fillna(0).sum())} {label}")
-    c = runs["status"].value_counts()
-    counts = [("planned", len(runs))] + [(s, int(c.get(s, 0))) for s in aggregate.STATUSES]
-    with_rev = finished[finished["git_rev"].notna()]
-    dirty = with_rev["git_dirty"].astype(str).str.lower().eq("true")  # bool, or text from a CSV
-    revs = with_rev.assign(
-        rev=with_rev["git_rev"].astype(str) + dirty.map({True: " (dirty)", False: ""})
-    )
-    return {
-        "scale": (params or {}).get("scale", "—"),
-        "preset": preset_choices(params or {}),
-        "datasets": _distinct(runs, "dataset"),
-        "n_studies": len(studies),
-        "counts": counts,
-        "compute": ", ".join(compute) or "none yet",
-        "provenance": [
-            ("report code (git)", prov["git"]),
-            ("params hash (effective params.yaml)", prov["params_hash"]),
-            ("runs' code (git)", _distinct(revs, "rev")),
-            ("torch", _distinct(finished, "torch_version")),
-            ("CUDA", _distinct(finished, "cuda_version")),
-            ("devices", _distinct(finished, "device_name")),
-            ("rendered", prov["date"]),
-        ],
     }
 
 
@@ -305,8 +246,10 @@ def render(
     params: dict | None = None,
     prov: dict | None = None,
     interim: dict | None = None,
+    claims: list[dict] | None = None,
 ) -> str:
-    """The report's HTML; `interim` (status.interim_view) adds the banner of a grid still running."""
+    """The report's HTML; `interim` (status.interim_view) adds the banner of a grid still running,
+    `claims` (the ledger, src/normrepro/claims.py) the Claims section at the top."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
         autoescape=True,
@@ -317,11 +260,32 @@ def render(
     prov = prov or provenance(params)
     # Published columns are comparable only at the seeds' recipes: every study learns the scale.
     scale = str((params or {}).get("scale", "full"))
+    studies = in_seed_order(studies)
     return env.get_template("report.html.j2").render(
         header=header_view(studies, params, prov),
         interim=interim,
+        claims=claims_view.section(claims, [sd.name for sd in studies]),
         studies=[study_view(dataclasses.replace(sd, scale=scale)) for sd in studies],
     )
+
+
+# Within one seed document, the order its artifacts are read in (a grid before the run it picks).
+KIND_ORDER = ["table2", "batch_sweep", "group_sweep", "norm_compare", "pets", "nf_grid"]
+KIND_ORDER += ["nf_final", "generic"]
+
+
+def in_seed_order(studies: list[StudyData]) -> list[StudyData]:
+    """The studies by seed document (000, 001, 002, 003; a study without one last), then by
+    KIND_ORDER within a document, then as params.yaml lists them."""
+
+    def key(item):
+        k, sd = item
+        doc = sd.meta.get("seed_doc") or ""
+        kind = sd.meta.get("kind") or "generic"
+        rank = KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER)
+        return (doc == "", doc, rank, k)
+
+    return [sd for _, sd in sorted(enumerate(studies), key=key)]
 
 
 def all_cells(studies: list[StudyData]) -> pd.DataFrame:
@@ -347,6 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--figures", metavar="DIR", help="also write every figure as DIR/<study>-<k>.svg"
     )
+    ap.add_argument(
+        "--claims",
+        metavar="PATH",
+        help="the claims ledger to show (results/claims.json); default, and with --interim: "
+        "evaluated here from the runs loaded",
+    )
     args, params = aggregate.cli_params(ap, argv)
     with tempfile.TemporaryDirectory() as nothing:  # --interim: no aggregate folder to trust
         studies = [
@@ -357,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     interim = interim_view(grid_status(params, args.results)) if args.interim else None
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    html = render(studies, params, interim=interim)
+    ledger = claims_view.report_ledger(None if args.interim else args.claims, studies, params)
+    html = render(studies, params, interim=interim, claims=ledger)
     atomic_write_text(out.parent / "summary.csv", all_cells(studies).to_csv(index=False))
     atomic_write_text(out, html)
     print(out)

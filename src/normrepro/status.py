@@ -1,18 +1,18 @@
 """Where a grid stands while it runs: per study planned / ok / running / diverged / failed /
 missing, the epoch each running run is at, the wall time so far and an ETA.
 
-    python -m normrepro.status [--params params.yaml] [--config scale=smoke] [--results results] [--json]
-    make status [SCALE=smoke]
+    python -m normrepro.status [--last-grid | --config scale=smoke | --params P] [--json]
+    make status [SCALE=smoke]      # without SCALE: the grid the last snakemake ran here
 
-Read-only and lock-free: it reads each planned run's folder (src/run_status.py: a run is
-`running` while its trainer holds the run's lock), never Snakemake's lock or metadata, so it is
-safe from any terminal while a grid runs. Standard library + src/grid.py only (no torch, pandas,
+Read-only and lock-free: it reads each planned run's folder (runs.py: a run is `running` while
+its trainer holds the run's lock), never Snakemake's lock or metadata, so it is safe from any
+terminal while a grid runs. Standard library + config / runs / grid only (no torch, pandas,
 scipy): under 2 s on the full grid.
 
 ETA: the single-job seconds left, summed over unfinished jobs, divided by how many jobs have been
 running side by side lately. A job is one trainer process: a run, or a seed pack (runtime.pack)
 whose runs train together — started runs are grouped by the process their lock names, runs not
-started yet as grid.plan_packs packs them (for this machine's device), and a job needs what its
+started yet by the grid's jobs (grid.jobs, for this machine's device), and a job needs what its
 slowest run needs. A run's seconds per epoch are the median `seconds` of history.tsv
 (its own epochs; else those of its cell — same config but the seed —, of runs of the same model,
 width, batch size and data, of the same model, or of every run, in that order), plus a per-run
@@ -29,10 +29,12 @@ import sys
 import time
 from pathlib import Path
 
-from normrepro import grid, run_status
+from normrepro import gpu_slots, grid
+from normrepro import runs as run_folder  # `runs` names the planned runs' states here
+from normrepro.config import ParamsError
 
 COLUMNS = ("planned", "ok", "running", "diverged", "failed", "missing", "stale", "unreadable")
-FINISHED = ("ok", "diverged")
+FINISHED = run_folder.FINISHED
 WINDOW_S = 600.0  # how far back "lately" goes for the jobs-side-by-side estimate
 
 
@@ -48,13 +50,13 @@ def _mtime(path: Path) -> float | None:
 
 def read_run(results: Path, cfg: dict) -> dict:
     """One planned run: its state and the times the cost model needs (Unix seconds)."""
-    rdir = grid.run_dir(results, cfg)
-    state = run_status.read_state(rdir, cfg.get("config_hash"))
+    rdir = run_folder.run_dir(results, cfg)
+    state = run_folder.read_state(rdir, cfg.get("config_hash"))
     status = state["status"]
-    history = state["history"] if state["history"] is not None else run_status.read_history(rdir)
+    history = state["history"] if state["history"] is not None else run_folder.read_history(rdir)
     if status == "stale":
         history = []  # another config's epochs: it starts over, and they measure another run
-    info = state["holder"] or _lock_info(rdir)
+    info = state["holder"] or run_folder.lock_info(rdir)
     seconds = [r["seconds"] for r in history if r.get("seconds", float("nan")) >= 0]
     wall = (state["metrics"] or {}).get("wall_s")
     return {
@@ -69,18 +71,10 @@ def read_run(results: Path, cfg: dict) -> dict:
         "started": info.get("started") if isinstance(info.get("started"), int | float) else None,
         "pid": (state["holder"] or {}).get("pid"),
         "process": (info.get("pid"), info.get("started")),  # the trainer (a pack's runs share it)
-        "ended": _mtime(rdir / "metrics.json") if status in FINISHED else None,
-        "progress_at": _mtime(rdir / "history.tsv"),  # the last epoch's end
+        "ended": _mtime(rdir / run_folder.METRICS) if status in FINISHED else None,
+        "progress_at": _mtime(rdir / run_folder.HISTORY),  # the last epoch's end
         "wall_s": wall if isinstance(wall, int | float) else None,
     }
-
-
-def _lock_info(rdir: Path) -> dict:
-    try:
-        info = json.loads((rdir / run_status.LOCK_NAME).read_text())
-    except (OSError, ValueError):
-        return {}
-    return info if isinstance(info, dict) else {}
 
 
 # ---------------------------------------------------------------------------- cost model
@@ -89,11 +83,10 @@ def _lock_info(rdir: Path) -> dict:
 def _keys(cfg: dict) -> list[str]:
     """From the most to the least specific group of runs whose epochs cost about the same."""
     data = cfg.get("data") or {}
-    cell = {k: v for k, v in cfg.items() if k not in ("seed", "run_id", "config_hash")}
     shape = [cfg.get("model"), cfg.get("model_kw"), cfg.get("batch_size")]
     shape += [data.get("name"), data.get("train_subset"), data.get("image_size")]
     return [
-        "cell:" + json.dumps(cell, sort_keys=True, default=str),
+        "cell:" + run_folder.cell_key(cfg),
         "shape:" + json.dumps(shape, sort_keys=True, default=str),
         "model:" + json.dumps([cfg.get("model"), cfg.get("model_kw")], sort_keys=True),
         "all",
@@ -160,11 +153,12 @@ def group_jobs(runs: list[dict], params: dict, results: Path) -> list[list[dict]
         else:  # not started, or to be started again (failed: resumed; stale: retrained)
             waiting.append(r)
     by_id = {(r["study"], r["run_id"]): r for r in waiting}
-    device = "cuda" if grid.gpu_visible() else "cpu"
-    packs = grid.plan_packs([r["cfg"] for r in waiting], results, grid.pack_setting(params), device)
-    return list(by_process.values()) + [
-        [by_id[(c["study"], c["run_id"])] for c in pack] for pack in packs
-    ]
+    device = "cuda" if gpu_slots.usable_gpus() else "cpu"
+    planned = grid.jobs([r["cfg"] for r in runs], params["runtime"]["pack"], device)
+    # A job of the grid trains its unfinished runs together: those are what is left of it.
+    left = [[by_id[key] for c in job.runs if (key := (c["study"], c["run_id"])) in by_id]
+            for job in planned]  # fmt: skip
+    return list(by_process.values()) + [job for job in left if job]
 
 
 def seconds_left(r: dict, spe: float | None, startup: float, now: float) -> float | None:
@@ -239,6 +233,7 @@ def grid_status(params: dict, results: str | Path, now: float | None = None) -> 
     total["work_left_s"] = total_left
     return {
         "scale": params.get("scale"),
+        "grid": run_folder.grid_name(params),
         "results": str(results),
         "now": now,
         "studies": studies,
@@ -267,7 +262,8 @@ def duration(seconds: float | None) -> str:
 
 def render_text(st: dict) -> str:
     head = f"{'study':<16}" + "".join(f"{c:>11}" for c in COLUMNS) + f"{'wall so far':>14}"
-    lines = [f"normrepro grid, scale {st['scale']}, results in {st['results']}/", "", head]
+    which = st.get("which") or f"grid {st['grid']} (scale {st['scale']})"
+    lines = [f"normrepro {which}; results in {st['results']}/", "", head]
     for name, s in [*st["studies"].items(), ("total", st["total"])]:
         if name == "total":
             lines.append("-" * len(head))
@@ -291,8 +287,8 @@ def render_text(st: dict) -> str:
     left = st["total"]["planned"] - st["total"]["ok"] - st["total"]["diverged"]
     if st["total"]["missing"] == st["total"]["planned"]:
         lines.append(
-            f"(no run of the {st['scale']} grid has started under {st['results']}/runs: if the "
-            "grid was started with --config scale=smoke, run: make status SCALE=smoke)"
+            f"(no run of grid {st['grid']} has started under {st['results']}/runs: for the grid "
+            "of another scale, run: make status SCALE=<scale>)"
         )
     if left == 0:
         lines.append("ETA: done: every planned run has finished")
@@ -349,18 +345,16 @@ def interim_view(st: dict) -> dict | None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--config", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                    help="params.yaml overrides, as given to snakemake (e.g. scale=smoke)")  # fmt: skip
-    ap.add_argument("--results", default="results", help="results root (holds runs/)")
+    grid.add_grid_options(ap)
     ap.add_argument("--json", action="store_true", help="print the status as JSON")
     args = ap.parse_args(argv)
     try:
-        params = grid.load_params(args.params, grid.parse_overrides(args.config))
-    except grid.ParamsError as err:
+        params, which = grid.params_from_cli(args)
+    except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     st = grid_status(params, args.results)
+    st["which"] = which
     print(json.dumps(st, indent=1, default=str) if args.json else render_text(st))
     return 0
 

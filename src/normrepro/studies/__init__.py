@@ -10,8 +10,10 @@ references and its captions. Adding a kind is adding one module here with a `bui
     pets          seed 003's Oxford Pets experiment
     generic       any other study: the shared cells table only
 
-`common` holds what every kind shares (study data, cells, labels from the run configs,
-survivorship notes). This file imports nothing heavy, so `kind_names()` is cheap at parse time.
+`common` holds what every kind shares (study data, cells, survivorship notes), `what_ran` the
+names of the data and models as they ran, `quantity` the one quantity (error or accuracy %) a
+kind shows everywhere (its module's QUANTITY). This file imports nothing heavy, so
+`kind_names()` is cheap at parse time.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import importlib
 import pkgutil
 from pathlib import Path
 
-SHARED = {"common"}  # modules of this package that are not a kind
+SHARED = {"common", "what_ran", "quantity"}  # modules of this package that are not a kind
 
 
 def kind_names() -> list[str]:
@@ -34,3 +36,9 @@ def builder(kind: str):
     if kind not in kind_names():
         raise ValueError(f"unknown study kind {kind!r}; allowed: {', '.join(kind_names())}")
     return importlib.import_module(f"normrepro.studies.{kind}").build
+
+
+def kind_quantity(kind: str) -> str:
+    """The quantity the kind shows everywhere: its module's QUANTITY, 'error' when it has none
+    (seeds 001 and 003 speak of error; a user-added study follows them)."""
+    return getattr(importlib.import_module(f"normrepro.studies.{kind}"), "QUANTITY", "error")

@@ -13,32 +13,27 @@ import pandas as pd
 from markupsafe import Markup
 
 from normrepro import aggregate, catalog, plots
+from normrepro.norm_registry import display_name as norm_display_name
+from normrepro.studies import quantity as q
 
-MODEL_NAMES = {
-    "resnet20": "ResNet-20",
-    "resnet56": "ResNet-56",
-    "resnet110": "ResNet-110",
-    "resnet164": "ResNet-164 (bottleneck)",
-    "preact_resnet164": "PreAct ResNet-164 (bottleneck)",
-    "wrn28_10": "PreAct WRN-28-10",
-    "nf_resnet": "NF-ResNet",
-    "resnet34": "ResNet-34",
-    "resnet50": "ResNet-50",
-}
-NORM_NAMES = {
-    "bn": "BN",
-    "gn": "GN",
-    "ln": "LN",
-    "in": "IN",
-    "gn_ws": "GN+WS",
-    "bn_ws": "BN+WS",
-    "none": "no norm",
-}
-DATASET_NAMES = {
-    "cifar10": "CIFAR-10",
-    "fashion-mnist": "Fashion-MNIST",
-    "synthetic": "synthetic data",
-}
+# Names of the data and models as they ran (re-exported: the kinds import them from here).
+from normrepro.studies.what_ran import (  # noqa: F401
+    DATASET_NAMES,
+    MODEL_NAMES,
+    cell_config,
+    comparable,
+    config_values,
+    dataset_names,
+    distinct,
+    join_numbers,
+    model_label,
+    model_names,
+    per_width_text,
+    ran,
+    train_images_choice,
+)
+
+# A norm's display name is its row's `display` in norm_registry.NORMS (norm_display_name).
 PROBLEMS = ("diverged", "failed", "unreadable", "stale")  # why a cell may have no ok run
 # Short words for the survivorship note drawn at a figure's point: "1/2, 1 div.".
 LOST = {
@@ -130,17 +125,23 @@ def stat_cell(row, metric: str) -> dict:
     count = f"n={n}" if n == planned else f"n={n} of {planned}"
     if others:
         count += f"; {others}"
-    text = f"{pct(mean)} ± {pct(ci)} ({count})" if n >= 2 else f"{pct(mean)} ({count}, no CI)"
-    return num(text, "partial" if n < planned else "", row.get("ci_note") or "")
-
-
-def model_label(model) -> str:
-    return MODEL_NAMES.get(model, str(model))
+    title = row.get("ci_note") or ""
+    if n < 2:
+        text = f"{pct(mean)} ({count}, no CI)"
+    elif mean - ci < 0 or mean + ci > 1:
+        # A t interval over few seeds can pass 0 or 100 %: '19.10 ± 67.34' would promise
+        # values a percentage cannot take, so the interval is shown as it is, clipped.
+        lo, hi = max(mean - ci, 0.0), min(mean + ci, 1.0)
+        text = f"{pct(mean)}, CI {pct(lo)}–{pct(hi)} ({count})"
+        title = "95% CI clipped to [0, 100]: the t interval over these seeds passes it"
+    else:
+        text = f"{pct(mean)} ± {pct(ci)} ({count})"
+    return num(text, "partial" if n < planned else "", title)
 
 
 def norm_label(row) -> str:
     """'GN (G=8)', 'GN+WS (C/G=4)', 'BN'."""
-    name = NORM_NAMES.get(row["norm"], str(row["norm"]))
+    name = norm_display_name(row["norm"])
     if not pd.isna(row.get("groups")):
         return f"{name} (G={int(row['groups'])})"
     if not pd.isna(row.get("channels_per_group")):
@@ -148,84 +149,25 @@ def norm_label(row) -> str:
     return name
 
 
-def series_label(row, with_model: bool) -> str:
-    return f"{model_label(row['model'])} {norm_label(row)}" if with_model else norm_label(row)
+def series_label(row, with_model: bool, names: dict | None = None) -> str:
+    """'GN (G=8)', or with the model as it ran: 'ResNet-8 GN (G=8)' (names: model_names(sd))."""
+    if not with_model:
+        return norm_label(row)
+    model = (names or {}).get(row["model"]) or model_label(row["model"])
+    return f"{model} {norm_label(row)}"
 
 
-def with_series(df: pd.DataFrame, many: bool | None = None) -> pd.DataFrame:
+def with_series(
+    df: pd.DataFrame, many: bool | None = None, names: dict | None = None
+) -> pd.DataFrame:
     """Adds `series` (model only where the study has several, then norm) to a cell/run table;
-    `many`: whether to name the model (default: whether `df` has several)."""
+    `many`: whether to name the model (default: whether `df` has several); `names`: each
+    model's name as it ran (model_names(sd)), else its published name."""
     df = df.copy()
     if many is None:
         many = df["model"].nunique() > 1 if len(df) else False
-    df["series"] = [series_label(r, many) for r in df.to_dict("records")]
+    df["series"] = [series_label(r, many, names) for r in df.to_dict("records")]
     return df
-
-
-def distinct(values) -> list:
-    """Distinct non-null values in order of first appearance."""
-    return [v for v in dict.fromkeys(values) if not pd.isna(v)]
-
-
-def join_numbers(values, unit: str = "") -> str:
-    """'8, 64' / '3' (ints without a decimal point), '—' for none."""
-    vals = sorted(distinct(values))
-    return ", ".join(f"{v:g}" for v in vals) + unit if vals else "—"
-
-
-# ---------------------------------------------------------------------------- what ran
-
-
-def config_values(sd: StudyData, path: str) -> list:
-    """Distinct values of a dotted key ('optim.weight_decay') over the study's run configs;
-    from the per-run table when there are no configs (unit tests) and the column exists."""
-    if not sd.configs:
-        col = path.split(".")[-1]
-        return distinct(sd.runs[col]) if col in sd.runs else []
-    out = []
-    for cfg in sd.configs:
-        v = cfg
-        for key in path.split("."):
-            v = v.get(key) if isinstance(v, dict) else None
-        out.append(repr(v) if isinstance(v, dict | list) else v)
-    return distinct(out)
-
-
-def dataset_names(sd: StudyData, with_subset: bool = True) -> list[str]:
-    """Readable names of the datasets the study ran on, with the subset when one was drawn."""
-    if not sd.configs:
-        return [DATASET_NAMES.get(d, str(d)) for d in distinct(sd.runs["dataset"])] or ["—"]
-    names = []
-    for cfg in sd.configs:
-        data = cfg.get("data") or {}
-        name = DATASET_NAMES.get(data.get("name"), str(data.get("name")))
-        if data.get("name") == "imagefolder":
-            name = f"images of {data.get('root')}"
-        if with_subset and data.get("train_subset"):
-            name += f" ({int(data['train_subset']):,} training images)"
-        names.append(name)
-    return distinct(names)
-
-
-def ran(sd: StudyData, with_batch: bool = True) -> str:
-    """What our numbers are, from the run configs: 'Fashion-MNIST (1,500 training images),
-    3 epochs, batch 8, 64'. Every caption of ours carries it."""
-    epochs = config_values(sd, "epochs")
-    parts = [" / ".join(dataset_names(sd)), join_numbers(epochs, " epochs" if epochs else "")]
-    if with_batch:
-        parts.append("batch " + join_numbers(config_values(sd, "batch_size")))
-    return ", ".join(parts)
-
-
-def comparable(sd: StudyData, dataset: str = "cifar10") -> str:
-    """'' when our runs can be set beside a published number measured on `dataset` with the
-    seed's recipe (scale full, that dataset); otherwise why not: '… scale', 'ours ran on …'."""
-    datasets = config_values(sd, "data.name") if sd.configs else distinct(sd.runs["dataset"])
-    reasons = [f"{sd.scale} scale"] if sd.scale != "full" else []
-    if datasets and set(datasets) != {dataset}:
-        names = [DATASET_NAMES.get(d, str(d)) for d in datasets]
-        reasons.append(f"ours ran on {' / '.join(names)}")
-    return ", ".join(reasons)
 
 
 def ref_label(label: str, sd: StudyData, dataset: str = "cifar10") -> str:
@@ -244,14 +186,18 @@ def reference_note(source: str, expectation: str, sd: StudyData, dataset: str = 
     return note(text, "ref")
 
 
-def choices_note(sd: StudyData, choices: list[tuple[str, str, str]]) -> dict | None:
+def choices_note(
+    sd: StudyData, choices: list[tuple[str, str, str]], extra: list[str] | None = None
+) -> dict | None:
     """'Recipe choices behind these numbers: Nesterov off (seed 001 silent); …' with each value
-    read from the run configs. choices: [(label, config key or '', why)]."""
+    read from the run configs. choices: [(label, config key or '', why)]; extra: parts already
+    written from what ran (what_ran.train_images_choice)."""
     parts = []
     for label, path, why in choices:
         vals = config_values(sd, path) if path else []
         shown = ", ".join(_value_text(v) for v in vals) or ("off" if path else "")
         parts.append(f"{label}{' ' + shown if shown else ''} ({why})")
+    parts += extra or []
     if not parts:
         return None
     return note("Recipe choices behind these numbers: " + "; ".join(parts) + ".")
@@ -263,65 +209,13 @@ def _value_text(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def groups_by_width(cfg: dict) -> dict[int, int]:
-    """{channels: groups} of every norm layer width of a run (the config's `norm_groups` when
-    src/grid.py recorded it, else computed the same way from src/catalog.py)."""
-    if cfg.get("norm_groups"):
-        return {int(c): int(g) for c, g in cfg["norm_groups"].items()}
-    widths = catalog.norm_widths(cfg["model"], **(cfg.get("model_kw") or {}))
-    return {w: catalog.resolve_groups(cfg["norm"], w, **(cfg.get("norm_kw") or {})) for w in widths}
-
-
-def per_width_text(cfg: dict) -> str:
-    """What a group setting is on each layer width: '1 / 2 / 4 channels per group on the
-    16 / 32 / 64-channel layers (IN on the 16-channel layers)'; 'LN on every layer'."""
-    try:
-        g = groups_by_width(cfg)
-    except (KeyError, ValueError):  # a cell rebuilt from a table, not a config the grid checked
-        return ""
-    if not g or any(v is None for v in g.values()):
-        return ""
-    widths = sorted(g)
-    cpg = [w // g[w] for w in widths]
-    if all(g[w] == 1 for w in widths):
-        return "LN on every layer"
-    if all(c == 1 for c in cpg):
-        return "IN on every layer"
-    text = (
-        f"{' / '.join(map(str, cpg))} channels per group on the "
-        f"{' / '.join(map(str, widths))}-channel layers"
-    )
-    inst = [w for w, c in zip(widths, cpg, strict=True) if c == 1]
-    return text + (f" (IN on the {' / '.join(map(str, inst))}-channel layers)" if inst else "")
-
-
-def cell_config(sd: StudyData, row) -> dict:
-    """A planned config of the cell (for its model overrides); built from the row without one."""
-    for cfg in sd.configs:
-        kw = cfg.get("norm_kw") or {}
-        if (
-            cfg["model"] == row["model"]
-            and cfg["norm"] == row["norm"]
-            and cfg["batch_size"] == row["batch_size"]
-            and _same(kw.get("groups"), row.get("groups"))
-            and _same(kw.get("channels_per_group"), row.get("channels_per_group"))
-        ):
-            return cfg
-    norm_kw = {k: int(row[k]) for k in ("groups", "channels_per_group") if not pd.isna(row.get(k))}
-    return {"model": row["model"], "norm": row["norm"], "norm_kw": norm_kw, "model_kw": {}}
-
-
-def _same(a, b) -> bool:
-    return (a is None or pd.isna(a)) if (b is None or pd.isna(b)) else a == b
-
-
 def groups_note(sd: StudyData) -> dict | None:
     """'What each group norm normalized on the model that ran: GN (G=8): 2 / 4 / 8 channels per
     group on the 16 / 32 / 64-channel layers; …' for the study's GN / GN+WS / LN / IN cells."""
     texts = {}
     for _, r in sd.summary.iterrows():
-        if r["norm"] in ("gn", "gn_ws", "ln", "in"):
-            name = series_label(r, sd.summary["model"].nunique() > 1)
+        if catalog.is_group_norm(r["norm"]):
+            name = series_label(r, sd.summary["model"].nunique() > 1, model_names(sd))
             texts.setdefault(name, per_width_text(cell_config(sd, r)))
     parts = [f"{k}: {v}" for k, v in texts.items() if v]
     if not parts:
@@ -402,8 +296,8 @@ def band(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
     and `note`, the cell's survivorship text that the figure draws at its point."""
     mean = 100 * summary[f"{metric}_mean"]
     ci = 100 * summary[f"{metric}_ci95"]
-    # A t interval over few seeds can pass 0 or 100 %; the band is drawn within the range a
-    # percentage can take, the tables keep the interval as computed.
+    # A t interval over few seeds can pass 0 or 100 %: drawn within what a percentage can take
+    # (the tables clip it the same way, stat_cell).
     lo = (mean - ci.fillna(0.0)).clip(lower=0.0)
     hi = (mean + ci.fillna(0.0)).clip(upper=100.0)
     notes = [survivorship(r) for r in summary.to_dict("records")]
@@ -417,7 +311,9 @@ def curve_bands(sd: StudyData, metric: str, scale: float = 1.0) -> pd.DataFrame:
     if h.empty or metric not in h:
         return pd.DataFrame(columns=["series", "epoch", "n", "mean", "lo", "hi"])
     many = sd.summary["model"].nunique() > 1  # name series as the summary does
-    h = with_series(h, many).assign(**{metric: pd.to_numeric(h[metric], errors="coerce") * scale})
+    h = with_series(h, many, model_names(sd)).assign(
+        **{metric: pd.to_numeric(h[metric], errors="coerce") * scale}
+    )
     lost = series_survivorship(sd)
     h["series"] = [f"{s} [{lost[s]}]" if lost.get(s) else s for s in h["series"]]
     bands = aggregate.history_bands(h, ["series"], metric)
@@ -430,7 +326,7 @@ def curve_bands(sd: StudyData, metric: str, scale: float = 1.0) -> pd.DataFrame:
 
 def series_survivorship(sd: StudyData) -> dict[str, str]:
     """survivorship() of each series (model, norm) over all its cells: what a curve lost."""
-    s = with_series(sd.summary)
+    s = with_series(sd.summary, names=model_names(sd))
     cols = ["n", "n_planned", *(f"n_{k}" for k in LOST if f"n_{k}" in s)]
     return {name: survivorship(b[cols].sum()) for name, b in s.groupby("series", sort=False)}
 
@@ -446,12 +342,14 @@ def no_curve_text(sd: StudyData) -> str:
     return f" No curve (no ok run): {'; '.join(gone)}." if gone else ""
 
 
-def accuracy_bars(sd: StudyData, s: pd.DataFrame) -> dict:
-    """Test accuracy % per series (bar groups) and batch size (hue), 95% CI whiskers."""
-    d = band(s, "test_acc").assign(batch=[f"batch {b}" for b in s["batch_size"]])
+def test_bars(sd: StudyData, s: pd.DataFrame, quantity: str) -> dict:
+    """Test error or accuracy % (quantity.py) per series (bar groups) and batch size (hue),
+    95% CI whiskers clipped to [0, 100]."""
+    d = band(s, q.metric(quantity)).assign(batch=[f"batch {b}" for b in s["batch_size"]])
+    what = q.label(quantity)
     caption = (
-        f"Test accuracy, ours ({ran(sd)}): mean over seeds, 95% CI whiskers (no bar: no ok run). "
-        + SURVIVORSHIP
+        f"{what.capitalize()}, ours ({ran(sd)}): mean over seeds, 95% CI whiskers (no bar: no ok "
+        "run). " + SURVIVORSHIP
     )
-    ylabel = f"test accuracy on {' / '.join(dataset_names(sd, False))} (%)"
+    ylabel = f"{what} on {' / '.join(dataset_names(sd, False))} (%)"
     return figure_if(finished(sd), caption, plots.bars_ci, d, "series", "batch", "", ylabel)

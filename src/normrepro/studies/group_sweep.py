@@ -8,11 +8,14 @@ from __future__ import annotations
 import pandas as pd
 
 from normrepro import references as ref
+from normrepro.claim_cells import REFERENCE
+from normrepro.claims import Claim
+from normrepro.studies.batch_sweep import ANCHORS_TRAINED_ON
 from normrepro.studies.common import (
     StudyData,
     cell_config,
     choices_note,
-    model_label,
+    model_names,
     norm_label,
     per_width_text,
     ran,
@@ -21,8 +24,10 @@ from normrepro.studies.common import (
     reference_note,
     stat_cell,
     table,
+    train_images_choice,
 )
 
+QUANTITY = "error"  # the GN paper's Table 3 prints error
 CHOICES = [
     *ref.RESNET20_CHOICES,
     (
@@ -63,7 +68,7 @@ def build(sd: StudyData) -> list[dict]:
     for _, r in s.iterrows():
         label, pub, key = setting(sd, r)
         if many:
-            label = f"{label}; {model_label(r['model'])}, batch {r['batch_size']}"
+            label = f"{label}; {model_names(sd)[r['model']]}, batch {r['batch_size']}"
         rows.append((key, [label, stat_cell(r, "test_err"), ref_num(pub, 1)]))
     rows.sort(key=lambda kv: kv[0])
     cols = [("Setting (what it is on each layer width)", False)]
@@ -78,5 +83,58 @@ def build(sd: StudyData) -> list[dict]:
     return [
         table(caption, cols, [r for _, r in rows]),
         reference_note(ref.GN_PAPER_SOURCE, EXPECTED, sd, ref.GN_PAPER_DATASET),
-        choices_note(sd, CHOICES),
+        choices_note(sd, CHOICES, [train_images_choice(sd, ANCHORS_TRAINED_ON)]),
     ]
+
+
+# ---------------------------------------------------------------------------- claims (ledger)
+# Seed 001's choice of G = 8 and the GN paper's Table 3 as tests (src/normrepro/claims.py). The
+# published effects are the GN paper's (ImageNet, ResNet-50: they size seeds, not verdicts).
+G_SEARCH = "seed 001: a search over G in {8, 4, 2} chose G = 8"
+TABLE3 = "GN paper Table 3 (Wu & He 2018), quoted by seeds 001 and 003"
+G8 = {"norm": "gn", "groups": 8, "batch_size": REFERENCE}
+
+
+def _gap(b: dict) -> float:
+    """The GN paper's error of setting `b` minus G = 8's (ImageNet, ResNet-50)."""
+    if "groups" in b:
+        return round(ref.GN_ERROR_BY_GROUPS[b["groups"]] - ref.GN_ERROR_BY_GROUPS[8], 2)
+    return round(ref.GN_ERROR_BY_CHANNELS_PER_GROUP[b["channels_per_group"]]
+                 - ref.GN_ERROR_BY_GROUPS[8], 2)  # fmt: skip
+
+
+def _as_good(groups: int) -> Claim:
+    b = {"norm": "gn", "groups": groups, "batch_size": REFERENCE}
+    return Claim(
+        id=f"g8_as_good_as_g{groups}",
+        source=G_SEARCH,
+        statement=f"G = 8's error is within the margin of G = {groups}'s.",
+        test="equivalence",
+        a=G8,
+        b=b,
+        margin_key="group_choice",
+        published=-_gap(b),
+        published_source=f"{ref.GN_PAPER_SOURCE}: G = 8 vs G = {groups}",
+    )
+
+
+def _beats(b: dict, name: str) -> Claim:
+    return Claim(
+        id=f"g8_beats_{name.lower()}",
+        source=TABLE3,
+        statement=f"G = 8 has a lower error than {name} ({'G = 1' if 'groups' in b else 'C/G = 1'}).",
+        test="difference",
+        a=G8,
+        b={"norm": "gn", **b, "batch_size": REFERENCE},
+        direction="a_lower",
+        published=_gap(b),
+        published_source=f"{ref.GN_PAPER_SOURCE}: G = 8 vs {name}",
+    )
+
+
+CLAIMS = [
+    _as_good(4),
+    _as_good(2),
+    _beats({"groups": 1}, "LN"),
+    _beats({"channels_per_group": 1}, "IN"),
+]

@@ -7,6 +7,8 @@ import math
 import pandas as pd
 
 from normrepro import plots
+from normrepro.claim_cells import EACH, OTHERS
+from normrepro.claims import Claim
 from normrepro.studies.common import (
     StudyData,
     choices_note,
@@ -25,6 +27,7 @@ from normrepro.studies.common import (
     table,
 )
 
+QUANTITY = "accuracy"  # seed 002 prints validation accuracy
 SOURCE = "seed 002 (NF-ResNet, Potala): CIFAR-10 validation accuracy % after 40 epochs"
 VAL_ACC = {  # (lr, batch_size) -> validation accuracy % after 40 epochs
     (0.001, 32): 79.88,
@@ -105,3 +108,52 @@ def build(sd: StudyData) -> list[dict]:
         reference_note(SOURCE, EXPECTED, sd),
         choices_note(sd, CHOICES),
     ]
+
+
+# ---------------------------------------------------------------------------- claims (ledger)
+# Seed 002's grid as tests (src/normrepro/claims.py), one entry per batch size of the grid (and
+# per other lr): validation error, as seed 002 printed validation accuracy.
+GRID = "seed 002 (NF-ResNet, Potala): lr x batch grid, validation accuracy after 40 epochs"
+BEST_LR = 0.01
+
+
+def _lr_gap(cells: dict) -> float | None:
+    """Seed 002's validation accuracy at lr 0.01 minus at the other lr, at the entry's batch:
+    the error lr 0.01 saves (None where seed 002 did not run that cell)."""
+    b = cells["b"]
+    try:
+        key = (float(b["lr"]), int(b["batch_size"]))
+    except (TypeError, ValueError):
+        return None
+    best, other = VAL_ACC.get((BEST_LR, key[1])), VAL_ACC.get(key)
+    return None if best is None or other is None else round(best - other, 2)
+
+
+CLAIMS = [
+    Claim(
+        id="lr0p1_diverges",
+        source=GRID,
+        statement=f"At lr {DIVERGED_LR:g} the net stays at chance (seed 002: diverged, 10.14 % "
+        "validation accuracy): its validation error equals 89.86 % within the margin, a diverged "
+        "run counting at chance.",
+        test="value",
+        a={"lr": DIVERGED_LR, "batch_size": EACH},
+        margin_key="chance",
+        published=round(100 - VAL_ACC[(DIVERGED_LR, 32)], 2),
+        published_source=f"{SOURCE}: 10.14 % at every batch size",
+        metric="val_acc",
+        chance_counts=True,
+    ),
+    Claim(
+        id="lr0p01_best",
+        source=GRID,
+        statement=f"lr {BEST_LR:g} has a lower validation error than the other lr at this batch.",
+        test="difference",
+        a={"lr": BEST_LR, "batch_size": EACH},
+        b={"lr": OTHERS, "batch_size": EACH},
+        direction="a_lower",
+        published=_lr_gap,
+        published_source=SOURCE,
+        metric="val_acc",
+    ),
+]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from normrepro import plots
 from normrepro import references as ref
+from normrepro.claim_cells import REFERENCE
+from normrepro.claims import Claim
 from normrepro.studies.common import (
     StudyData,
     choices_note,
@@ -13,6 +15,7 @@ from normrepro.studies.common import (
     figure_if,
     groups_note,
     model_label,
+    model_names,
     no_curve_text,
     norm_label,
     num,
@@ -24,6 +27,7 @@ from normrepro.studies.common import (
     table,
 )
 
+QUANTITY = "accuracy"  # seed 000's Table 2 prints top-1 accuracy
 SOURCE = "seed 000 (WRN-GN, Chilumuru), Table 2: CIFAR-10 test top-1 %"
 TEST_ACC = {  # (model, norm) -> test top-1 accuracy %
     ("resnet164", "bn"): 91.05,
@@ -52,13 +56,14 @@ def original_acc(model: str, norm: str) -> float | None:
 
 def build(sd: StudyData) -> list[dict]:
     same = not comparable(sd)
+    names = model_names(sd)  # as they ran: ResNet-11 (bottleneck, base width 8) at smoke scale
     body = []
     for _, r in sd.summary.iterrows():
         pub = TEST_ACC.get((r["model"], r["norm"]))
         diff = f"{100 * r['test_acc_mean'] - pub:+.2f}" if pub and r["n"] and same else ""
-        body.append([model_label(r["model"]), norm_label(r), stat_cell(r, "test_acc")])
+        body.append([names[r["model"]], norm_label(r), stat_cell(r, "test_acc")])
         body[-1] += [ref_num(pub), num(diff), ref_num(original_acc(r["model"], r["norm"]))]
-    cols = [("Model", False), ("Norm", False), ("Ours: test top-1 %", True)]
+    cols = [("Model (as run)", False), ("Norm", False), ("Ours: test accuracy (top-1) %", True)]
     cols += [(ref_label("Seed 000", sd), True, "ref")]
     cols += [("Ours − seed 000 (pp)", True)]
     cols += [(ref_label("Original paper, BN", sd), True, "ref")]
@@ -91,3 +96,51 @@ def build(sd: StudyData) -> list[dict]:
             "training loss (cross-entropy)",
         ),
     ]
+
+
+# ---------------------------------------------------------------------------- claims (ledger)
+# Seed 000's Table 2 as tests (src/normrepro/claims.py): its two orderings, and each row's
+# accuracy against the value printed (a value claim, only where our runs follow its recipe).
+TABLE2 = "seed 000 (WRN-GN, Chilumuru), Table 2"
+
+
+def _row_claim(model: str, norm: str, acc: float) -> Claim:
+    return Claim(
+        id=f"value_{model}_{norm}",
+        source=TABLE2,
+        statement=f"{model} {norm}: our test error equals seed 000's {100 - acc:.2f} % "
+        f"({acc:.2f} % accuracy) within the margin.",
+        test="value",
+        a={"model": model, "norm": norm, "batch_size": REFERENCE},
+        margin_key="published_value",
+        published=round(100 - acc, 2),
+        published_source=f"{SOURCE} (one run)",
+        needs_recipe=True,
+    )
+
+
+CLAIMS = [
+    Claim(
+        id="wrn_gnws_beats_bn",
+        source=TABLE2,
+        statement="WRN-28-10 with GN+WS has a lower test error than WRN-28-10 with BN.",
+        test="difference",
+        a={"model": "wrn28_10", "norm": "gn_ws", "batch_size": REFERENCE},
+        b={"model": "wrn28_10", "norm": "bn", "batch_size": REFERENCE},
+        direction="a_lower",
+        published=round(TEST_ACC[("wrn28_10", "gn_ws")] - TEST_ACC[("wrn28_10", "bn")], 2),
+        published_source=f"{SOURCE}: 94.75 vs 91.13",
+    ),
+    Claim(
+        id="preact_beats_plain_resnet164",
+        source=TABLE2,
+        statement="PreAct ResNet-164 has a lower test error than ResNet-164 (both BN).",
+        test="difference",
+        a={"model": "preact_resnet164", "norm": "bn", "batch_size": REFERENCE},
+        b={"model": "resnet164", "norm": "bn", "batch_size": REFERENCE},
+        direction="a_lower",
+        published=round(TEST_ACC[("preact_resnet164", "bn")] - TEST_ACC[("resnet164", "bn")], 2),
+        published_source=f"{SOURCE}: 92.24 vs 91.05 (He et al. 2016: 5.46 vs 5.93 % error)",
+    ),
+    *(_row_claim(model, norm, acc) for (model, norm), acc in TEST_ACC.items()),
+]
