@@ -48,7 +48,7 @@ smoke: install data
 	$(BIN)/snakemake --cores 2 --config scale=smoke
 	@echo "Report: $(CURDIR)/reports/index.html"
 
-# The laptop scale: real CIFAR-10 (torchvision's download into data/), or, on a machine with no
+# The laptop scale: CIFAR-10 (torchvision's download into data/), or, on a machine with no
 # internet, the JPEG tree data/cifar10-jpeg when it is there (workflow/configs/cifar10-jpeg.yaml).
 LAPTOP_DATA := $(if $(wildcard data/cifar-10-batches-py),,$(if $(wildcard data/cifar10-jpeg/train),--configfile workflow/configs/cifar10-jpeg.yaml))
 

@@ -298,7 +298,7 @@ def norm_groups(model: str, norm: str, overrides: dict | None, norm_kw: dict | N
     """{channels: groups} for every norm width of `model` with `norm` (empty for a norm without
     groups: bn, none).
 
-    Written into each run config by src/grid.py so that what a "gn" run really normalized is
+    Written into each run config by normrepro.grid so that what a "gn" run really normalized is
     on record: one channel per group (C == G) is InstanceNorm on that layer, G == 1 LayerNorm.
     """
     if not is_group_norm(check_norm(norm)):

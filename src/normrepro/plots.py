@@ -1,6 +1,6 @@
 """Figures for the report: each function takes a tidy DataFrame and returns a matplotlib Figure.
 
-No statistics here: means and CI bounds arrive as columns (src/aggregate.py computes them).
+No statistics here: means and CI bounds arrive as columns (normrepro.aggregate computes them).
 Values are plotted as given (the report passes percent). `to_svg` turns a figure into an inline
 <svg> string (text kept as text, so the file stays small and searchable).
 """

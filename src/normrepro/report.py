@@ -5,7 +5,7 @@ as mean ± 95% CI (n) in percent with the published number beside them.
         [--config scale=smoke] [--summaries results/summaries]
 
 Inputs per study: its aggregate (results/summaries/<study>/: the runs, summary, welch and
-history tables of src/aggregate.py). A study whose aggregate is absent, or was made for another
+history tables of normrepro.aggregate). A study whose aggregate is absent, or was made for another
 grid, is aggregated here from its run folders, so a partial grid always renders and never shows
 stale cells. This module loads the studies and builds what every study shows (its cells table,
 its Welch tests, its run lists, the page header); what a study *kind* shows (its figure, its

@@ -312,7 +312,7 @@ def _pct(x) -> str:
 
 
 def interim_view(st: dict) -> dict | None:
-    """The interim report's banner (src/report.py --interim), every value already text; None
+    """The interim report's banner (normrepro.report --interim), every value already text; None
     when every planned run has finished (the report is then final)."""
     t = st["total"]
     finished = t["ok"] + t["diverged"]

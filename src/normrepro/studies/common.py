@@ -49,7 +49,7 @@ LOST = {
 @dataclass
 class StudyData:
     """One study's tables, as aggregate.py writes them (fractions, not percent), and the run
-    configs it planned (src/grid.py's RUN.json), which every label is taken from."""
+    configs it planned (normrepro.grid's RUN.json), which every label is taken from."""
 
     name: str
     meta: dict  # grid.studies() entry: title, seed_doc, kind, axes, compare

@@ -1,4 +1,4 @@
-"""A user-added study with no paper artifact: the report shows its cells table (src/report.py
+"""A user-added study with no paper artifact: the report shows its cells table (normrepro.report
 adds it to every study) and its Welch tests; nothing kind-specific."""
 
 from __future__ import annotations

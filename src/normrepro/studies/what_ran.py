@@ -150,7 +150,7 @@ def title_as_run(title: str, sd: StudyData) -> str:
 
 def groups_by_width(cfg: dict) -> dict[int, int]:
     """{channels: groups} of every norm layer width of a run (the config's `norm_groups` when
-    src/grid.py recorded it, else computed the same way from src/catalog.py)."""
+    normrepro.grid recorded it, else computed the same way from normrepro.catalog)."""
     if cfg.get("norm_groups"):
         return {int(c): int(g) for c, g in cfg["norm_groups"].items()}
     widths = catalog.norm_widths(cfg["model"], **(cfg.get("model_kw") or {}))
